@@ -1,0 +1,61 @@
+"""`prominence-server`: run the service and issue tokens."""
+import argparse
+import os
+import sys
+
+from gateway.auth import TokenAuthority
+from gateway.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = Settings.load(args.data_dir, args.database_url, args.public_url, args.host, args.port)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=args.access_log,
+                log_level=os.environ.get("PROMINENCE_LOG_LEVEL", "info"))
+
+
+def _token_create(args: argparse.Namespace) -> None:
+    settings = Settings.load(args.data_dir)
+    token = TokenAuthority(settings.secret).issue(
+        args.user, groups=tuple(args.group), email=args.email, admin=args.admin, days=args.days)
+    print(token)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="prominence-server", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data-dir", help="state and storage (default ./data, or PROMINENCE_DATA_DIR)")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the data dir, "
+                                              "or PROMINENCE_DATABASE_URL); postgresql+psycopg://... works too")
+    serve.add_argument("--public-url", help="the URL jobs and download links use (default http://HOST:PORT)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(run=_serve)
+
+    token = commands.add_parser("token", help="tokens").add_subparsers(dest="token_command", required=True)
+    create = token.add_parser("create", help="print a JWT signed with the server's secret")
+    create.add_argument("--user", required=True)
+    create.add_argument("--group", action="append", default=[], help="repeatable")
+    create.add_argument("--email")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--days", type=float, default=30, help="validity (default 30)")
+    create.add_argument("--data-dir", help="the server's data dir, which holds its secret (default ./data)")
+    create.set_defaults(run=_token_create)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if getattr(args, "days", 1) <= 0:
+        sys.exit("prominence-server: --days must be positive")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Group commit for new jobs: submissions that arrive together share one transaction.
+
+A commit is the expensive part of a submission (an fsync on PostgreSQL, a WAL append on SQLite).
+One writer thread takes every submission waiting in its queue, allocates their ids with one
+UPDATE of the shared counter, inserts them with one INSERT and commits once; each submitter's
+201 is sent only after that commit, so an acknowledged job survives a crash of the server.
+"""
+import asyncio
+import queue
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, insert, update
+
+from schema.tables import id_counter, jobs
+
+MAX_BATCH = 1000
+
+
+def allocate_ids(connection, count: int) -> range:
+    """`count` new ids from the counter shared by jobs and workflows, inside the caller's transaction."""
+    last = connection.execute(
+        update(id_counter).where(id_counter.c.name == "ids")
+        .values(value=id_counter.c.value + count).returning(id_counter.c.value)
+    ).scalar_one()
+    return range(last - count + 1, last + 1)
+
+
+class JobInserter:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="job-inserter", daemon=True)
+        self._thread.start()
+
+    async def insert(self, row: dict[str, Any]) -> int:
+        """Store one job row (without `id`); returns its id once the row is committed."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((row, future, loop))
+        return await future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list) -> None:
+        try:
+            with self._engine.begin() as connection:
+                ids = allocate_ids(connection, len(batch))
+                connection.execute(insert(jobs), [dict(row, id=i) for i, (row, _, _) in zip(ids, batch)])
+        except Exception as error:  # every submitter in the batch hears about the failure
+            for _, future, loop in batch:
+                loop.call_soon_threadsafe(_settle, future, None, error)
+            return
+        for i, (_, future, loop) in zip(ids, batch):
+            loop.call_soon_threadsafe(_settle, future, i, None)
+
+
+def _settle(future: asyncio.Future, result: int | None, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -1,0 +1,182 @@
+"""Jobs: submit, list, describe, clone, delete, remove, and read stdout/stderr."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anyio import to_thread
+from sqlalchemy import Engine, select, update
+
+from gateway.auth import Identity
+from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.services.batcher import JobInserter
+from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason
+from schema.jobspec import JobSpec, redact_storage
+from schema.tables import jobs
+
+# Columns a listing needs; `execution` only with detail.
+_LIST_COLUMNS = [jobs.c.id, jobs.c.name, jobs.c.status, jobs.c.status_reason, jobs.c.spec,
+                 jobs.c.create_time, jobs.c.start_time, jobs.c.end_time]
+_DETAIL_KEYS = ("resources", "policies", "notifications", "artifacts", "labels", "inputs")
+
+
+@dataclass
+class JobQuery:
+    """The filters of `GET /v1/jobs` (reference section 2.3)."""
+
+    completed: bool = False
+    num: int = 1  # how many finished jobs `completed` returns; -1 for all
+    all: bool = False
+    status: JobStatus | None = None
+    constraints: list[tuple[str, str]] = field(default_factory=list)
+    name: str | None = None
+    detail: bool = False
+    ids: list[int] | None = None
+    workflow: bool = False
+
+
+def job_view(row: Any, detail: bool) -> dict[str, Any]:
+    """A job as `/v1` shows it: the list view, or with `detail` everything the reference lists."""
+    spec = row.spec
+    events = {"createTime": row.create_time}
+    if row.start_time is not None:
+        events["startTime"] = row.start_time
+    if row.end_time is not None:
+        events["endTime"] = row.end_time
+    view: dict[str, Any] = {"id": row.id, "name": row.name, "status": row.status, "tasks": spec["tasks"],
+                            "events": events}
+    if row.status_reason:
+        view["statusReason"] = row.status_reason
+    if not detail:
+        return view
+    view.update((key, spec[key]) for key in _DETAIL_KEYS if key in spec)
+    if "storage" in spec:
+        view["storage"] = redact_storage(spec["storage"])
+    outputs = row.execution.get("outputs", {})
+    for key in ("outputFiles", "outputDirs"):
+        if key in spec:
+            view[key] = [outputs.get(name, {"name": name, "url": ""}) for name in spec[key]]
+    execution = {k: v for k, v in row.execution.items() if k != "outputs"}
+    execution.setdefault("runtimeVersion", {})
+    view["execution"] = execution
+    return view
+
+
+class JobService:
+    def __init__(self, engine: Engine, inserter: JobInserter, data_dir: Path):
+        self._engine = engine
+        self._inserter = inserter
+        self._data_dir = data_dir
+
+    async def submit(self, identity: Identity, spec: JobSpec) -> int:
+        return await self._store(identity, spec.to_stored())
+
+    async def _store(self, identity: Identity, stored: dict[str, Any]) -> int:
+        return await self._inserter.insert({
+            "owner": identity.username, "name": stored.get("name", ""), "status": JobStatus.IDLE,
+            "status_reason": StatusReason.NO_CAPACITY, "spec": stored, "workflow_id": None,
+            "in_queue": True, "create_time": int(time.time()), "start_time": None, "end_time": None,
+            "execution": {},
+        })
+
+    async def list(self, identity: Identity, query: JobQuery) -> list[dict[str, Any]]:
+        return await to_thread.run_sync(self._list, identity, query)
+
+    def _list(self, identity: Identity, query: JobQuery) -> list[dict[str, Any]]:
+        columns = _LIST_COLUMNS + ([jobs.c.execution] if query.detail else [])
+        stmt = select(*columns).where(jobs.c.owner == identity.username)
+        if query.ids is not None:
+            column = jobs.c.workflow_id if query.workflow else jobs.c.id
+            stmt = stmt.where(column.in_(query.ids))
+        elif query.completed and not query.all:
+            stmt = stmt.where(jobs.c.end_time.is_not(None)).order_by(jobs.c.end_time.desc(), jobs.c.id.desc())
+            if query.num >= 0:
+                stmt = stmt.limit(query.num)
+        elif not query.all:
+            stmt = stmt.where(jobs.c.in_queue.is_(True))
+        if query.status is not None:
+            stmt = stmt.where(jobs.c.status == query.status)
+        if query.name is not None:
+            stmt = stmt.where(jobs.c.name == query.name)
+        for key, value in query.constraints:
+            stmt = stmt.where(jobs.c.spec["labels"][key].as_string() == value)
+        with self._engine.connect() as connection:
+            rows = connection.execute(stmt).all()
+        rows.sort(key=lambda row: row.id)
+        return [job_view(row, query.detail) for row in rows]
+
+    async def get(self, identity: Identity, job_id: int) -> dict[str, Any]:
+        rows = await self.list(identity, JobQuery(ids=[job_id], detail=True))
+        if not rows:
+            raise NotFound(f"No such job: {job_id}")
+        return rows[0]
+
+    def _owned(self, connection, identity: Identity, job_id: int, *columns) -> Any:
+        """The job's row; 400 when it does not exist, 403 when it is another user's."""
+        row = connection.execute(select(jobs.c.owner, *columns).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise BadRequest("Job does not exist")
+        if row.owner != identity.username:
+            raise Forbidden("Not authorized to access this job")
+        return row
+
+    async def clone(self, identity: Identity, job_id: int) -> int:
+        def load() -> dict[str, Any]:
+            with self._engine.connect() as connection:
+                return self._owned(connection, identity, job_id, jobs.c.spec).spec
+        return await self._store(identity, await to_thread.run_sync(load))
+
+    async def delete(self, identity: Identity, job_ids: list[int]) -> None:
+        """Delete every listed job, or (when any is unknown or already finished) none of them."""
+        await to_thread.run_sync(self._delete, identity, job_ids)
+
+    def _delete(self, identity: Identity, job_ids: list[int]) -> None:
+        now = int(time.time())
+        with self._engine.begin() as connection:
+            found = connection.execute(
+                select(jobs.c.id, jobs.c.status, jobs.c.spec)
+                .where(jobs.c.id.in_(job_ids), jobs.c.owner == identity.username)
+            ).all()
+            if len(found) != len(set(job_ids)):
+                raise BadRequest("No such job(s)")
+            finished = sorted(row.id for row in found if row.status in TERMINAL)
+            if finished:
+                raise BadRequest(f"Job(s) already finished: {', '.join(map(str, finished))}")
+            for row in found:
+                keep = bool(row.spec.get("policies", {}).get("leaveInQueue"))
+                connection.execute(
+                    update(jobs).where(jobs.c.id == row.id, jobs.c.status.in_(ACTIVE)).values(
+                        status=JobStatus.DELETED, status_reason=StatusReason.DELETED_BY_USER,
+                        end_time=now, in_queue=keep)
+                )
+
+    async def remove(self, identity: Identity, job_id: int) -> None:
+        """Take a finished job that leaveInQueue kept out of the default listing."""
+        def run() -> None:
+            with self._engine.begin() as connection:
+                row = self._owned(connection, identity, job_id, jobs.c.in_queue, jobs.c.status)
+                if not row.in_queue:
+                    raise BadRequest("Job is no longer in the queue")
+                if row.status not in TERMINAL:
+                    raise BadRequest(f"Job {job_id} has not finished: delete it to stop it, then remove it")
+                connection.execute(update(jobs).where(jobs.c.id == job_id).values(in_queue=False))
+        await to_thread.run_sync(run)
+
+    async def read_output(self, identity: Identity, job_id: int, stream: str, node: int, offset: int) -> bytes:
+        """The job's stdout or stderr from byte `offset` on (the CLI's `--tail` polls this way)."""
+        def run() -> bytes:
+            with self._engine.connect() as connection:
+                self._owned(connection, identity, job_id)
+            path = self.output_path(job_id, node, stream)
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    return handle.read()
+            except FileNotFoundError:
+                raise NotFound(f"{stream} does not exist") from None
+        return await to_thread.run_sync(run)
+
+    def output_path(self, job_id: int, node: int, stream: str) -> Path:
+        return self._data_dir / "jobs" / str(job_id) / str(node) / stream

@@ -1,0 +1,33 @@
+"""Server settings: command-line flags first, then PROMINENCE_* environment variables, then defaults."""
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    public_url: str  # how jobs and download links reach this server, e.g. http://127.0.0.1:8080
+
+    @classmethod
+    def load(cls, data_dir: str | None = None, database_url: str | None = None, public_url: str | None = None,
+             host: str = "127.0.0.1", port: int = 8080) -> "Settings":
+        path = Path(data_dir or os.environ.get("PROMINENCE_DATA_DIR") or "data").resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        url = database_url or os.environ.get("PROMINENCE_DATABASE_URL") or f"sqlite:///{path / 'prominence.db'}"
+        public = public_url or os.environ.get("PROMINENCE_PUBLIC_URL") or f"http://{host}:{port}"
+        return cls(data_dir=path, database_url=url, public_url=public.rstrip("/"))
+
+    @property
+    def secret(self) -> bytes:
+        """The token-signing secret: PROMINENCE_SECRET, else a random one kept in the data dir."""
+        if env := os.environ.get("PROMINENCE_SECRET"):
+            return env.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()

@@ -1,0 +1,39 @@
+"""Job statuses and the transitions allowed between them (DESIGN.md 3.3)."""
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    IDLE = "idle"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DELETED = "deleted"
+    KILLED = "killed"
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DELETED, JobStatus.KILLED})
+ACTIVE = frozenset(JobStatus) - TERMINAL
+
+# idle -> running -> completed | failed | killed; any non-terminal -> deleted by the user.
+# running -> idle is the infrastructure-failure retry (node lost, stage-in failed).
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.IDLE: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.DELETED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.IDLE, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.KILLED, JobStatus.DELETED}
+    ),
+    **{status: frozenset() for status in TERMINAL},
+}
+
+
+def can_transition(current: JobStatus, new: JobStatus) -> bool:
+    return new in TRANSITIONS[current]
+
+
+class StatusReason:
+    """The statusReason strings users see; the real PROMINENCE strings where one exists."""
+
+    NO_CAPACITY = "Waiting for resources: no capacity is configured yet"
+    DELETED_BY_USER = "Job deleted by user"
+    WALLTIME = "Walltime limit exceeded"
+    MEMORY = "Job used too much memory"
+    MAX_TIME_QUEUED = "Maximum time queued was exceeded"

@@ -1,0 +1,71 @@
+import itertools
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.auth import TokenAuthority
+from gateway.settings import Settings
+from tests.services import create_database, postgres_server
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_base_url():
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """A new, empty database of each kind the service supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return create_database(request.getfixturevalue("postgres_base_url"), f"test_{next(_databases)}")
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
+    return Settings.load(data_dir=str(tmp_path / "data"), database_url=database_url)
+
+
+class Api:
+    """A test client of the /v1 API that can act as any user."""
+
+    def __init__(self, client: TestClient, settings: Settings):
+        self.client = client
+        self.settings = settings
+        self.tokens = TokenAuthority(settings.secret)
+
+    def token(self, user: str = "alice", **claims) -> str:
+        return self.tokens.issue(user, **claims)
+
+    def headers(self, user: str = "alice", **claims) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user, **claims)}"}
+
+    def request(self, method: str, path: str, user: str | None = "alice", **kwargs):
+        headers = kwargs.pop("headers", {})
+        if user is not None:
+            headers = {**self.headers(user), **headers}
+        return self.client.request(method, "/v1" + path, headers=headers, **kwargs)
+
+    def submit(self, spec: dict | None = None, user: str = "alice") -> int:
+        response = self.request("POST", "/jobs", user, json=spec or simple_job())
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+
+def simple_job(**extra) -> dict:
+    return {"resources": {"nodes": 1, "disk": 10, "cpus": 1, "memory": 1}, "name": "",
+            "tasks": [{"image": "busybox", "runtime": "singularity"}], **extra}
+
+
+@pytest.fixture
+def api(settings):
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield Api(client, settings)
+
+
+REPO = Path(__file__).resolve().parent.parent
