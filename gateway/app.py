@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from gateway.auth import TokenAuthority
+from schema.identity import TokenAuthority
 from gateway.errors import ApiError
 from gateway.openapi import openapi_document
 from gateway.rest import jobs as rest_jobs

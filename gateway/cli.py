@@ -3,7 +3,7 @@ import argparse
 import os
 import sys
 
-from gateway.auth import TokenAuthority
+from schema.identity import TokenAuthority
 from gateway.settings import Settings
 
 

@@ -5,7 +5,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.auth import TokenAuthority
+from schema.identity import TokenAuthority
 from gateway.settings import Settings
 from tests.services import create_database, postgres_server
 

@@ -173,7 +173,7 @@ def test_missing_or_malformed_tokens_get_401(api, header):
 
 
 def test_expired_and_foreign_tokens_get_401(api):
-    from gateway.auth import TokenAuthority
+    from schema.identity import TokenAuthority
 
     expired = api.tokens.issue("alice", days=-1)
     forged = TokenAuthority(b"another server's secret, 32 bytes").issue("alice")

@@ -1,8 +1,8 @@
 """What every /v1 route needs: the caller's identity, bounded bodies, typed query parameters."""
 from starlette.requests import Request
 
-from gateway.auth import Identity
-from gateway.errors import BadRequest
+from schema.identity import Identity, InvalidToken
+from gateway.errors import BadRequest, Unauthorized
 from schema.jobspec import MAX_BODY_BYTES
 
 MAX_ID = 2**63 - 1
@@ -10,7 +10,14 @@ _FALSE = frozenset({"false", "0", "no", "off"})
 
 
 def identity(request: Request) -> Identity:
-    return request.app.state.tokens.verify(request.headers.get("authorization"))
+    """The user (or job, acting as its user) behind the request's bearer token."""
+    try:
+        who = request.app.state.tokens.verify(request.headers.get("authorization"))
+    except InvalidToken:
+        raise Unauthorized() from None
+    if who.node_id is not None:  # node tokens are for the agent protocol only
+        raise Unauthorized()
+    return who
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 from anyio import to_thread
 from sqlalchemy import Engine, select, update
 
-from gateway.auth import Identity
+from schema.identity import Identity
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.services.batcher import JobInserter
 from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason

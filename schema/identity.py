@@ -1,0 +1,80 @@
+"""Tokens (DESIGN.md 3.2): HS256 JWTs signed with the service's secret, and who they stand for.
+
+Three kinds share one secret: user tokens (`prominence-server token create`), job tokens (given
+to a running job as PROMINENCE_TOKEN, acting as the job's user without admin rights) and node
+tokens (given to a node's agent, valid only for that node). The gateway verifies them; the
+provisioner issues node tokens when it creates a node.
+"""
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jwt
+
+
+ALGORITHM = "HS256"
+
+
+class InvalidToken(Exception):
+    """Missing, malformed, expired or badly signed."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    username: str
+    groups: tuple[str, ...] = ()
+    email: str | None = None
+    admin: bool = False
+    job_id: int | None = None  # set for a job token
+    node_id: int | None = None  # set for a node token (username is then "node-<id>")
+
+
+class TokenAuthority:
+    def __init__(self, secret: bytes):
+        self._secret = secret
+        # Verifying a signature costs more than the rest of a small request; a token that verified
+        # once stays valid until its `exp`, which is checked again on every use.
+        self._verified = lru_cache(maxsize=4096)(self._decode)
+
+    def issue(self, username: str, groups: tuple[str, ...] = (), email: str | None = None,
+              admin: bool = False, days: float = 30, **extra: int) -> str:
+        now = int(time.time())
+        claims = {"sub": username, "preferred_username": username, "groups": list(groups),
+                  "iat": now, "exp": now + int(days * 86400), **extra}
+        if email:
+            claims["email"] = email
+        if admin:
+            claims["admin"] = True
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def issue_job_token(self, job_id: int, username: str, groups: tuple[str, ...], days: float = 30) -> str:
+        return self.issue(username, groups, days=days, job=job_id)
+
+    def issue_node_token(self, node_id: int, days: float = 365) -> str:
+        return self.issue(f"node-{node_id}", days=days, node=node_id)
+
+    def _decode(self, token: str) -> tuple[Identity, int]:
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["exp"]})
+        except jwt.PyJWTError:
+            raise InvalidToken() from None
+        username = claims.get("preferred_username") or claims.get("sub")
+        groups = claims.get("groups") or ()
+        job, node = claims.get("job"), claims.get("node")
+        if (not isinstance(username, str) or not username or not isinstance(groups, (list, tuple))
+                or not isinstance(job, (int, type(None))) or not isinstance(node, (int, type(None)))):
+            raise InvalidToken()
+        identity = Identity(username=username, groups=tuple(str(g) for g in groups),
+                            email=claims.get("email"), admin=claims.get("admin") is True and job is None,
+                            job_id=job, node_id=node)
+        return identity, int(claims["exp"])
+
+    def verify(self, authorization: str | None) -> Identity:
+        """The identity behind an `Authorization: Bearer <jwt>` header; InvalidToken otherwise."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InvalidToken()
+        identity, expiry = self._verified(token.strip())
+        if expiry <= time.time():
+            raise InvalidToken()
+        return identity
