@@ -12,10 +12,15 @@ from starlette.routing import Mount, Route
 from schema.identity import TokenAuthority
 from gateway.errors import ApiError
 from gateway.openapi import openapi_document
+from gateway.rest import agent as rest_agent
 from gateway.rest import jobs as rest_jobs
+from gateway.rest import storage as rest_storage
+from gateway.services.agent import AgentService
 from gateway.services.batcher import JobInserter
 from gateway.services.jobs import JobService
 from gateway.settings import Settings
+from gateway.storage import ObjectStore
+from schema.signals import Signal
 from schema.db import make_engine, upgrade
 
 log = logging.getLogger("prominence.gateway")
@@ -48,26 +53,46 @@ async def server_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": "Internal server error"}, status_code=500)
 
 
+def _provisioner(settings: Settings, engine, tokens: TokenAuthority, jobs_changed: Signal, assigned: Signal):
+    from provisioner.service import LocalCloud, Provisioner, ProvisionerConfig, service_id
+
+    cloud = LocalCloud.this_machine(settings.data_dir / "nodes", settings.local_cpus, settings.local_memory_mb)
+    config = ProvisionerConfig(gateway_url=settings.public_url, cloud=cloud, service_id=service_id(settings.data_dir),
+                               idle_timeout=settings.idle_timeout, heartbeat_timeout=settings.heartbeat_timeout)
+    return Provisioner(engine, config, tokens, jobs_changed, assigned)
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         engine = make_engine(settings.database_url)
         upgrade(engine)
         inserter = JobInserter(engine)
+        tokens = TokenAuthority(settings.secret)
+        store = ObjectStore(settings.data_dir / "storage", settings.secret, settings.public_url)
+        jobs_changed, assigned = Signal(), Signal()
         app.state.engine = engine
-        app.state.tokens = TokenAuthority(settings.secret)
-        app.state.jobs = JobService(engine, inserter, settings.data_dir)
+        app.state.tokens = tokens
+        app.state.store = store
+        app.state.jobs = JobService(engine, inserter, store, settings.data_dir, jobs_changed)
+        app.state.agent = AgentService(engine, tokens, store, settings.data_dir, settings.public_url,
+                                       jobs_changed, assigned)
         app.state.openapi = openapi_document()
+        provisioner = _provisioner(settings, engine, tokens, jobs_changed, assigned) if settings.run_provisioner else None
+        if provisioner:
+            provisioner.start()
         try:
             yield
         finally:
+            if provisioner:
+                provisioner.stop()
             inserter.close()
             engine.dispose()
 
     v1 = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"]),
-          *rest_jobs.routes]
+          *rest_jobs.routes, *rest_storage.routes]
     return Starlette(
-        routes=[Mount("/v1", routes=v1)],
+        routes=[Mount("/v1", routes=v1), Mount("/agent/v1", routes=rest_agent.routes)],
         lifespan=lifespan,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
     )

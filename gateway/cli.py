@@ -12,7 +12,10 @@ def _serve(args: argparse.Namespace) -> None:
 
     from gateway.app import create_app
 
-    settings = Settings.load(args.data_dir, args.database_url, args.public_url, args.host, args.port)
+    settings = Settings.load(args.data_dir, args.database_url, args.public_url, args.host, args.port,
+                             run_provisioner=not args.no_provisioner, idle_timeout=args.idle_timeout,
+                             heartbeat_timeout=args.heartbeat_timeout, local_cpus=args.local_cpus,
+                             local_memory_mb=args.local_memory_mb)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=args.access_log,
                 log_level=os.environ.get("PROMINENCE_LOG_LEVEL", "info"))
 
@@ -36,6 +39,13 @@ def parser() -> argparse.ArgumentParser:
                                               "or PROMINENCE_DATABASE_URL); postgresql+psycopg://... works too")
     serve.add_argument("--public-url", help="the URL jobs and download links use (default http://HOST:PORT)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--no-provisioner", action="store_true",
+                       help="do not create nodes or schedule jobs here (run `provisioner` apart)")
+    serve.add_argument("--idle-timeout", type=float, help="seconds before an idle node is deleted (default 600)")
+    serve.add_argument("--heartbeat-timeout", type=float,
+                       help="seconds without a heartbeat before a node is lost (default 60)")
+    serve.add_argument("--local-cpus", type=int, help="cpus of the local cloud (default: this machine's)")
+    serve.add_argument("--local-memory-mb", type=int, help="memory of the local cloud (default: this machine's)")
     serve.set_defaults(run=_serve)
 
     token = commands.add_parser("token", help="tokens").add_subparsers(dest="token_command", required=True)

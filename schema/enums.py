@@ -32,8 +32,14 @@ def can_transition(current: JobStatus, new: JobStatus) -> bool:
 class StatusReason:
     """The statusReason strings users see; the real PROMINENCE strings where one exists."""
 
-    NO_CAPACITY = "Waiting for resources: no capacity is configured yet"
+    WAITING = "Waiting for resources"
+    CREATING = "Creating infrastructure to run job on cloud {cloud}"
+    NEVER_FITS = "No matching resources: no cloud can ever satisfy these resources"
+    EXISTING_ONLY = "Waiting for existing resources (autoScalingType none)"
+    STARTING = "Starting on node {node}"
+    RETRYING = "Waiting for resources to retry after: {reason}"
     DELETED_BY_USER = "Job deleted by user"
+    NODE_LOST = "Job was evicted: its node stopped responding"
     WALLTIME = "Walltime limit exceeded"
     MEMORY = "Job used too much memory"
     MAX_TIME_QUEUED = "Maximum time queued was exceeded"

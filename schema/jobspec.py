@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import posixpath
 from typing import Annotated, Any, Literal, Union
 
@@ -275,6 +276,15 @@ class JobSpec(_Model):
         if len(names) != len(set(names)):
             raise ValueError("inputs must have distinct filenames")
         return self
+
+    def demand(self) -> dict[str, Any]:
+        """What one node must offer this job, and how it is queued: the scheduler's columns."""
+        resources, policies = self.resources, self.policies or JobPolicies()
+        memory_gb = resources.memory or resources.memoryPerCpu * resources.min_cpus
+        minutes = policies.maximumTimeInQueue or 0
+        return {"cpus": resources.min_cpus, "memory_mb": math.ceil(memory_gb * 1024), "disk_gb": resources.disk,
+                "priority": policies.priority or 0, "autoscale": policies.autoScalingType != "none",
+                "queue_limit_s": minutes * 60 if minutes > 0 else None}
 
     def to_stored(self) -> dict[str, Any]:
         """The normalized description that is stored, shown back and cloned."""

@@ -28,7 +28,7 @@ def database_url(request, tmp_path) -> str:
 
 @pytest.fixture
 def settings(tmp_path, database_url) -> Settings:
-    return Settings.load(data_dir=str(tmp_path / "data"), database_url=database_url)
+    return Settings.load(data_dir=str(tmp_path / "data"), database_url=database_url, run_provisioner=False)
 
 
 class Api:

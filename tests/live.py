@@ -14,19 +14,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class LiveServer:
-    def __init__(self, data_dir: Path, database_url: str, port: int | None = None):
+    def __init__(self, data_dir: Path, database_url: str, port: int | None = None, provisioner: bool = False,
+                 extra_args: tuple[str, ...] = ()):
         self.data_dir = Path(data_dir)
         self.database_url = database_url
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self.log = self.data_dir.parent / f"server-{self.port}.log"
+        self.extra_args = (*extra_args, *(() if provisioner else ("--no-provisioner",)))
 
     def start(self, timeout: float = 30) -> "LiveServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PROMINENCE_LOG_LEVEL": "warning"}
         command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port),
-                   "--data-dir", str(self.data_dir), "--database-url", self.database_url]
+                   "--data-dir", str(self.data_dir), "--database-url", self.database_url, *self.extra_args]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ def test_new_job_is_idle_and_says_why(api):
     job_id = api.submit(simple_job(name="first-job"))
     [job] = api.request("GET", f"/jobs/{job_id}").json()
     assert job["status"] == "idle"
-    assert "no capacity is configured" in job["statusReason"]
+    assert job["statusReason"] == "Waiting for resources"
     assert job["name"] == "first-job"
     assert job["tasks"] == [{"image": "busybox", "runtime": "singularity"}]
     assert abs(job["events"]["createTime"] - time.time()) < 60

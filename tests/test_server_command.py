@@ -54,7 +54,7 @@ def test_migrations_create_the_schema_and_a_restart_keeps_every_job(settings):
     engine = make_engine(settings.database_url)
     upgrade(engine)  # running the migrations again changes nothing
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
     assert {"jobs", "id_counter", "alembic_version"} <= set(inspect(engine).get_table_names())
     engine.dispose()
     with TestClient(create_app(settings)) as client:

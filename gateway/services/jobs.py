@@ -12,8 +12,11 @@ from sqlalchemy import Engine, select, update
 from schema.identity import Identity
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.services.batcher import JobInserter
+from gateway.storage import ObjectStore
 from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason
 from schema.jobspec import JobSpec, redact_storage
+from schema.lifecycle import finished
+from schema.signals import Signal
 from schema.tables import jobs
 
 # Columns a listing needs; `execution` only with detail.
@@ -37,7 +40,7 @@ class JobQuery:
     workflow: bool = False
 
 
-def job_view(row: Any, detail: bool) -> dict[str, Any]:
+def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
     """A job as `/v1` shows it: the list view, or with `detail` everything the reference lists."""
     spec = row.spec
     events = {"createTime": row.create_time}
@@ -57,7 +60,8 @@ def job_view(row: Any, detail: bool) -> dict[str, Any]:
     outputs = row.execution.get("outputs", {})
     for key in ("outputFiles", "outputDirs"):
         if key in spec:
-            view[key] = [outputs.get(name, {"name": name, "url": ""}) for name in spec[key]]
+            view[key] = [{"name": name, "url": store.signed_url(outputs[name]["key"]), "size": outputs[name]["size"]}
+                         if name in outputs else {"name": name, "url": ""} for name in spec[key]]
     execution = {k: v for k, v in row.execution.items() if k != "outputs"}
     execution.setdefault("runtimeVersion", {})
     view["execution"] = execution
@@ -65,21 +69,26 @@ def job_view(row: Any, detail: bool) -> dict[str, Any]:
 
 
 class JobService:
-    def __init__(self, engine: Engine, inserter: JobInserter, data_dir: Path):
+    def __init__(self, engine: Engine, inserter: JobInserter, store: ObjectStore, data_dir: Path, changed: Signal):
         self._engine = engine
+        self._store = store
         self._inserter = inserter
         self._data_dir = data_dir
+        self._changed = changed  # tells the scheduler that jobs were submitted or stopped
 
     async def submit(self, identity: Identity, spec: JobSpec) -> int:
-        return await self._store(identity, spec.to_stored())
-
-    async def _store(self, identity: Identity, stored: dict[str, Any]) -> int:
-        return await self._inserter.insert({
-            "owner": identity.username, "name": stored.get("name", ""), "status": JobStatus.IDLE,
-            "status_reason": StatusReason.NO_CAPACITY, "spec": stored, "workflow_id": None,
-            "in_queue": True, "create_time": int(time.time()), "start_time": None, "end_time": None,
-            "execution": {},
+        now = int(time.time())
+        demand = spec.demand()
+        queue_limit = demand.pop("queue_limit_s")
+        job_id = await self._inserter.insert({
+            "owner": identity.username, "name": spec.name, "status": JobStatus.IDLE,
+            "status_reason": StatusReason.WAITING, "spec": spec.to_stored(), "workflow_id": None,
+            "in_queue": True, "create_time": now, "start_time": None, "end_time": None, "execution": {},
+            "node_id": None, "attempt": 0, "retries": 0, **demand,
+            "queue_deadline": now + queue_limit if queue_limit else None,
         })
+        self._changed.notify()
+        return job_id
 
     async def list(self, identity: Identity, query: JobQuery) -> list[dict[str, Any]]:
         return await to_thread.run_sync(self._list, identity, query)
@@ -105,7 +114,7 @@ class JobService:
         with self._engine.connect() as connection:
             rows = connection.execute(stmt).all()
         rows.sort(key=lambda row: row.id)
-        return [job_view(row, query.detail) for row in rows]
+        return [job_view(row, query.detail, self._store) for row in rows]
 
     async def get(self, identity: Identity, job_id: int) -> dict[str, Any]:
         rows = await self.list(identity, JobQuery(ids=[job_id], detail=True))
@@ -126,11 +135,12 @@ class JobService:
         def load() -> dict[str, Any]:
             with self._engine.connect() as connection:
                 return self._owned(connection, identity, job_id, jobs.c.spec).spec
-        return await self._store(identity, await to_thread.run_sync(load))
+        return await self.submit(identity, JobSpec.model_validate(await to_thread.run_sync(load)))
 
     async def delete(self, identity: Identity, job_ids: list[int]) -> None:
         """Delete every listed job, or (when any is unknown or already finished) none of them."""
         await to_thread.run_sync(self._delete, identity, job_ids)
+        self._changed.notify()  # running ones are stopped by their agents at the next heartbeat
 
     def _delete(self, identity: Identity, job_ids: list[int]) -> None:
         now = int(time.time())
@@ -141,16 +151,12 @@ class JobService:
             ).all()
             if len(found) != len(set(job_ids)):
                 raise BadRequest("No such job(s)")
-            finished = sorted(row.id for row in found if row.status in TERMINAL)
-            if finished:
-                raise BadRequest(f"Job(s) already finished: {', '.join(map(str, finished))}")
+            done = sorted(row.id for row in found if row.status in TERMINAL)
+            if done:
+                raise BadRequest(f"Job(s) already finished: {', '.join(map(str, done))}")
             for row in found:
-                keep = bool(row.spec.get("policies", {}).get("leaveInQueue"))
-                connection.execute(
-                    update(jobs).where(jobs.c.id == row.id, jobs.c.status.in_(ACTIVE)).values(
-                        status=JobStatus.DELETED, status_reason=StatusReason.DELETED_BY_USER,
-                        end_time=now, in_queue=keep)
-                )
+                connection.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.status.in_(ACTIVE)).values(
+                    finished(row.spec, JobStatus.DELETED, StatusReason.DELETED_BY_USER, now)))
 
     async def remove(self, identity: Identity, job_id: int) -> None:
         """Take a finished job that leaveInQueue kept out of the default listing."""

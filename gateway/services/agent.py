@@ -1,0 +1,172 @@
+"""The agent protocol's service: what a node's agent may read and change, and nothing more.
+
+Every call names the node (from its node token) and, for a job, the attempt it was given. A
+report about a job that is no longer running that attempt on that node (deleted meanwhile,
+requeued after the node was thought lost) changes nothing, so no job is ever finished twice or
+by two nodes.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from anyio import to_thread
+from sqlalchemy import Engine, and_, func, select, update
+
+from gateway.errors import BadRequest, Forbidden
+from gateway.storage import ObjectStore
+from schema.enums import JobStatus
+from schema.identity import TokenAuthority
+from schema.lifecycle import finished, infrastructure_failure
+from schema.signals import Signal, wait_for_event
+from schema.tables import jobs, nodes
+
+_GONE = ("deleting", "deleted", "failed", "lost")
+
+
+class AgentService:
+    def __init__(self, engine: Engine, tokens: TokenAuthority, store: ObjectStore, data_dir: Path,
+                 public_url: str, jobs_changed: Signal, assigned: Signal):
+        self._engine = engine
+        self._tokens = tokens
+        self._store = store
+        self._data_dir = data_dir
+        self._public_url = public_url
+        self._jobs_changed = jobs_changed
+        self._assigned = assigned
+
+    def _node(self, connection, node_id: int) -> Any:
+        row = connection.execute(select(nodes).where(nodes.c.id == node_id)).first()
+        if row is None or row.state in _GONE:
+            raise Forbidden(f"Node {node_id} is not part of the pool any more")
+        return row
+
+    async def register(self, node_id: int, info: dict[str, Any]) -> dict[str, Any]:
+        """The agent has started: the node is ready to run jobs."""
+        def run() -> dict[str, Any]:
+            now = time.time()
+            with self._engine.begin() as connection:
+                node = self._node(connection, node_id)
+                connection.execute(update(nodes).where(nodes.c.id == node_id).values(
+                    state="ready", ready_at=node.ready_at or now, last_heartbeat=now,
+                    idle_since=node.idle_since or now, info={**node.info, **info}))
+            return {"node": node_id}
+        result = await to_thread.run_sync(run)
+        self._jobs_changed.notify()  # new capacity: match waiting jobs to it
+        return result
+
+    async def heartbeat(self, node_id: int, running: list[tuple[int, int]]) -> dict[str, Any]:
+        """Keeps the node alive; answers which of the attempts it runs it must stop."""
+        def run() -> dict[str, Any]:
+            with self._engine.begin() as connection:
+                self._node(connection, node_id)
+                connection.execute(update(nodes).where(nodes.c.id == node_id).values(last_heartbeat=time.time()))
+                ids = [job_id for job_id, _ in running]
+                current = {(row.id, row.attempt) for row in connection.execute(
+                    select(jobs.c.id, jobs.c.attempt).where(
+                        jobs.c.id.in_(ids), jobs.c.node_id == node_id, jobs.c.status == JobStatus.RUNNING))}
+            return {"stop": [[job_id, attempt] for job_id, attempt in running if (job_id, attempt) not in current]}
+        return await to_thread.run_sync(run)
+
+    def _claim(self, node_id: int) -> list[dict[str, Any]]:
+        now = int(time.time())
+        with self._engine.begin() as connection:
+            self._node(connection, node_id)
+            # One statement: only jobs the scheduler assigned to this node, and only while idle,
+            # so a job is claimed exactly once even with several gateways.
+            claimed = connection.execute(
+                update(jobs).where(jobs.c.node_id == node_id, jobs.c.status == JobStatus.IDLE)
+                .values(status=JobStatus.RUNNING, attempt=jobs.c.attempt + 1, status_reason="",
+                        start_time=func.coalesce(jobs.c.start_time, now))
+                .returning(jobs.c.id, jobs.c.attempt, jobs.c.spec, jobs.c.owner, jobs.c.cpus, jobs.c.memory_mb,
+                           jobs.c.disk_gb)
+            ).all()
+        return [{
+            "id": row.id, "attempt": row.attempt, "spec": row.spec, "owner": row.owner,
+            "cpus": row.cpus, "memory_mb": row.memory_mb, "disk_gb": row.disk_gb,
+            "token": self._tokens.issue_job_token(row.id, row.owner, ()),
+            "url": f"{self._public_url}/v1",
+        } for row in claimed]
+
+    async def claim(self, node_id: int, wait: float) -> list[dict[str, Any]]:
+        """The jobs assigned to this node, waiting up to `wait` seconds for some."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._assigned.listener() as woken:
+                claimed = await to_thread.run_sync(self._claim, node_id)
+                remaining = deadline - time.monotonic()
+                if claimed or remaining <= 0:
+                    return claimed
+                # Another process's scheduler does not signal us: look again every second.
+                await wait_for_event(woken, min(remaining, 1.0))
+
+    def _current(self, connection, node_id: int, job_id: int, attempt: int) -> Any:
+        return connection.execute(
+            select(jobs).where(jobs.c.id == job_id, jobs.c.node_id == node_id, jobs.c.attempt == attempt,
+                               jobs.c.status == JobStatus.RUNNING)
+        ).first()
+
+    async def append_output(self, node_id: int, job_id: int, attempt: int, stream: str, offset: int,
+                            data: bytes) -> bool:
+        """Write a piece of stdout/stderr at `offset` (idempotent when the agent sends it again)."""
+        def run() -> bool:
+            with self._engine.connect() as connection:
+                if self._current(connection, node_id, job_id, attempt) is None:
+                    return False
+            path = self._data_dir / "jobs" / str(job_id) / "0" / stream
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "r+b" if path.exists() else "wb") as handle:
+                if offset == 0:
+                    handle.truncate()  # a new attempt starts its output afresh
+                handle.seek(offset)
+                handle.write(data)
+            return True
+        return await to_thread.run_sync(run)
+
+    async def store_output(self, node_id: int, job_id: int, attempt: int, name: str, chunks: list[bytes]) -> bool:
+        """Keep an output file (or an output dir's .tgz) of the job, as it declared it in outputFiles/Dirs."""
+        def run() -> bool:
+            with self._engine.begin() as connection:
+                row = self._current(connection, node_id, job_id, attempt)
+                if row is None:
+                    return False
+                declared = row.spec.get("outputFiles", []) + row.spec.get("outputDirs", [])
+                if name not in declared:
+                    raise BadRequest(f"{name} is not one of the job's outputFiles or outputDirs")
+                is_dir = name in row.spec.get("outputDirs", [])
+                key = f"scratch/{job_id}/{Path(name).name}{'.tgz' if is_dir else ''}"
+                size = self._store.put(key, chunks)
+                outputs = {**row.execution.get("outputs", {}), name: {"key": key, "size": size}}
+                connection.execute(update(jobs).where(jobs.c.id == job_id).values(
+                    execution={**row.execution, "outputs": outputs}))
+            return True
+        return await to_thread.run_sync(run)
+
+    async def finish(self, node_id: int, job_id: int, attempt: int, report: dict[str, Any]) -> bool:
+        """The attempt has ended: the job's final status, or back to the queue to be retried."""
+        def run() -> bool:
+            now = int(time.time())
+            with self._engine.begin() as connection:
+                row = self._current(connection, node_id, job_id, attempt)
+                if row is None:
+                    return False
+                node = connection.execute(select(nodes).where(nodes.c.id == node_id)).first()
+                execution = {**row.execution, **report.get("execution", {}), "site": node.site,
+                             "provisionedResources": {"cpus": node.cpus, "memory": node.memory_mb // 1024,
+                                                      "disk": node.disk_gb, "nodes": 1}}
+                if row.retries:
+                    execution["retries"] = row.retries
+                status, reason = report["status"], report.get("reason", "")
+                if report.get("infrastructure"):
+                    values = infrastructure_failure(row.spec, row.retries, reason, now)
+                elif status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.KILLED):
+                    values = finished(row.spec, JobStatus(status), reason, now)
+                else:
+                    raise BadRequest(f"status must be completed, failed or killed, not {status}")
+                values["execution"] = execution
+                connection.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.attempt == attempt))
+                                   .values(**values))
+            self._jobs_changed.notify()  # capacity was freed, or the job waits again
+            return True
+        return await to_thread.run_sync(run)
