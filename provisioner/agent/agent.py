@@ -1,0 +1,343 @@
+"""The node agent: registers, heartbeats, long-polls for jobs, runs each in containers, reports back.
+
+Run as `python3 -m agent --config agent.json` (the playbook copies this package to the node). The
+config holds the gateway URL, the node's id, name and token, its work dir, its size and the
+containers.conf podman needs. Standard library only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Any
+
+from . import runtime, staging
+from .client import Gateway, GatewayError
+
+log = logging.getLogger("prominence.agent")
+
+DEFAULT_WALLTIME_MINUTES = 720  # PROMINENCE's default
+STREAM_INTERVAL = 0.5  # seconds between stdout/stderr uploads while a job runs
+STREAM_CHUNK = 4 << 20
+CLAIM_WAIT = 20
+
+
+def cpu_info() -> dict[str, str]:
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "vendor_id":
+                    info.setdefault("vendor", value)
+                elif key == "model name":
+                    info.setdefault("model", value)
+                elif key == "cpu MHz":
+                    info.setdefault("clock", value)
+    except OSError:
+        pass
+    return info
+
+
+class Agent:
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.gateway = Gateway(config["gateway"], config["token"])
+        self.node_name = config["node_name"]
+        self.work_dir = config["work_dir"]
+        self.podman = runtime.Podman(containers_conf=config.get("containers_conf"))
+        self.cpu = cpu_info()
+        self.runners: dict[tuple[int, int], JobRunner] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    @property
+    def container_prefix(self) -> str:
+        return f"{self.node_name}-"
+
+    def run(self) -> None:
+        os.makedirs(self.work_dir, exist_ok=True)
+        if self.config.get("containers_conf"):
+            runtime.write_containers_conf(self.config["containers_conf"])
+        self.podman.stop_all(self.container_prefix)  # left over by an earlier agent on this node
+        self.gateway.call("POST", "/register", {
+            "runtimes": {self.podman.name: self.podman.version()}, "cpu": self.cpu, "agent_pid": os.getpid()},
+            retries=30)
+        log.info("registered as node %s", self.config["node_id"])
+        threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        while not self.stopping.is_set():
+            try:
+                claimed = self.gateway.call("POST", "/claim", params={"wait": CLAIM_WAIT},
+                                            timeout=CLAIM_WAIT + 30)["jobs"]
+            except GatewayError as error:
+                if error.status in (401, 403):
+                    log.error("the gateway no longer knows this node (%s); stopping", error)
+                    break
+                time.sleep(1)
+                continue
+            except OSError:
+                time.sleep(1)
+                continue
+            for assignment in claimed:
+                runner = JobRunner(self, assignment)
+                with self.lock:
+                    self.runners[(assignment["id"], assignment["attempt"])] = runner
+                runner.start()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            runners = list(self.runners.values())
+        for runner in runners:
+            runner.stop.set()
+
+    def finished(self, runner: JobRunner) -> None:
+        with self.lock:
+            self.runners.pop((runner.job_id, runner.attempt), None)
+
+    def _heartbeats(self) -> None:
+        interval = float(self.config.get("heartbeat_interval", 2.0))
+        while not self.stopping.wait(interval):
+            with self.lock:
+                running = [[job_id, attempt] for job_id, attempt in self.runners]
+            try:
+                answer = self.gateway.call("POST", "/heartbeat", {"running": running}, timeout=30, retries=0)
+            except GatewayError as error:
+                if error.status in (401, 403):
+                    log.error("the gateway no longer knows this node; stopping")
+                    self.shutdown()
+                    return
+                continue
+            except OSError:
+                continue
+            for job_id, attempt in answer.get("stop", []):
+                with self.lock:
+                    runner = self.runners.get((job_id, attempt))
+                if runner:
+                    log.info("stopping job %s (attempt %s) as the gateway asks", job_id, attempt)
+                    runner.stop.set()
+
+
+class JobRunner(threading.Thread):
+    """One attempt of one job: stage in, run the tasks, stream output, stage out, report."""
+
+    def __init__(self, agent: Agent, assignment: dict[str, Any]):
+        super().__init__(name=f"job-{assignment['id']}", daemon=True)
+        self.agent = agent
+        self.assignment = assignment
+        self.job_id: int = assignment["id"]
+        self.attempt: int = assignment["attempt"]
+        self.spec: dict[str, Any] = assignment["spec"]
+        self.stop = threading.Event()
+        self.dir = os.path.join(agent.work_dir, f"job-{self.job_id}-{self.attempt}")
+        self.home = os.path.join(self.dir, "home")
+        self.outputs = {name: os.path.join(self.dir, name) for name in ("stdout", "stderr")}
+        self.sent = {"stdout": 0, "stderr": 0}
+        self.params = {"attempt": self.attempt}
+
+    def run(self) -> None:
+        try:
+            report = self._run()
+        except Exception as error:  # a bug or a broken node: let the job be retried elsewhere
+            log.exception("job %s failed in the agent", self.job_id)
+            report = {"status": "failed", "reason": f"Unable to execute task(s): {error}", "infrastructure": True}
+        finally:
+            self.agent.finished(self)
+        try:
+            if report is not None:
+                self.agent.gateway.call("POST", f"/jobs/{self.job_id}/finish", report, params=self.params, retries=30)
+        except (GatewayError, OSError):
+            log.exception("could not report the end of job %s", self.job_id)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _run(self) -> dict[str, Any] | None:
+        os.makedirs(self.home, exist_ok=True)
+        for path in self.outputs.values():
+            open(path, "wb").close()
+        execution: dict[str, Any] = {"cpu": self.agent.cpu, "tasks": []}
+        started = time.monotonic()
+        try:
+            staging.write_inputs(self.home, self.spec.get("inputs", []))
+            mounts = staging.fetch_artifacts(self.home, self.spec.get("artifacts", []))
+        except staging.StageError as error:
+            return {"status": "failed", "reason": error.reason, "infrastructure": True,
+                    "execution": {**execution, "stageInError": str(error)}}
+        execution["stageInTime"] = round(time.monotonic() - started, 3)
+
+        streamer = threading.Thread(target=self._stream_while_running, name=f"stream-{self.job_id}", daemon=True)
+        streamer.start()
+        try:
+            outcome = self._run_tasks(mounts, execution)
+        finally:
+            self._done_streaming = True
+            streamer.join()
+            self._send_output()
+        if outcome is None:  # stopped: the job was deleted or given to another node
+            return None
+        status, reason, infrastructure = outcome
+        if status == "completed":
+            started = time.monotonic()
+            try:
+                self._stage_out()
+            except staging.StageError as error:
+                if not any(task.get("exitCode") for task in execution["tasks"]):
+                    status, reason = "failed", error.reason
+            execution["stageOutTime"] = round(time.monotonic() - started, 3)
+        peaks = [task.get("maxResidentSetSizeKB", 0) for task in execution["tasks"]]
+        execution["maxMemoryUsageKB"] = max(peaks, default=0)
+        return {"status": status, "reason": reason, "infrastructure": infrastructure, "execution": execution}
+
+    def _environment(self, task: dict[str, Any], number: int, engine: runtime.Podman) -> dict[str, str]:
+        resources = self.spec["resources"]
+        return {
+            **task.get("env", {}),
+            "HOME": "/home/user", "TMP": "/tmp", "TEMP": "/tmp", "TMPDIR": "/tmp",
+            "PROMINENCE_JOB_ID": str(self.job_id), "PROMINENCE_TASK_NUM": str(number),
+            "PROMINENCE_CPUS": str(self.assignment["cpus"]),
+            "PROMINENCE_MEMORY": str(resources.get("memory") or resources.get("memoryPerCpu", 1) * self.assignment["cpus"]),
+            "PROMINENCE_NODES": "1", "PROMINENCE_NODE_NUM": "0",
+            "PROMINENCE_CONTAINER_RUNTIME": engine.name,
+            "PROMINENCE_URL": self.assignment["url"], "PROMINENCE_TOKEN": self.assignment["token"],
+        }
+
+    def _container(self, task: dict[str, Any], number: int, engine: runtime.Podman, image: str,
+                   mounts: list[tuple[str, str]], suffix: str = "") -> runtime.ContainerSpec:
+        return runtime.ContainerSpec(
+            name=f"{self.agent.container_prefix}{self.job_id}-{self.attempt}-{number}{suffix}",
+            image=image, argv=runtime.build_argv(task.get("cmd"), task.get("args")),
+            env=self._environment(task, number, engine), workdir=task.get("workdir") or "/home/user",
+            mounts=[(self.home, "/home/user"), *mounts], cpus=self.assignment["cpus"],
+            memory_mb=self.assignment["memory_mb"],
+            stdout_path=self.outputs["stdout"], stderr_path=self.outputs["stderr"])
+
+    def _run_tasks(self, mounts: list[tuple[str, str]], execution: dict[str, Any]) -> tuple[str, str, bool] | None:
+        policies = self.spec.get("policies", {})
+        walltime = 60 * (self.spec["resources"].get("walltime") or DEFAULT_WALLTIME_MINUTES)
+        deadline = time.monotonic() + walltime
+        sidecars: list[threading.Thread] = []
+        sidecars_stop = threading.Event()
+        try:
+            for number, task in enumerate(self.spec["tasks"]):
+                record: dict[str, Any] = {}
+                execution["tasks"].append(record)
+                try:
+                    engine = runtime.runtime_for(task.get("runtime"), self.agent.podman)
+                    credential = task.get("imagePullCredential")
+                    image = engine.prepare_image(task["image"], (credential["username"], credential["token"])
+                                                 if credential else None)
+                except runtime.RuntimeUnavailable as error:
+                    return "failed", f"Unable to execute task(s): {error}", False
+                except runtime.ImageError as error:
+                    record["imagePullStatus"] = "failed"
+                    execution["imagePullError"] = str(error)
+                    return "failed", "Container image pull failed", True
+                execution.setdefault("runtimeVersion", {})[engine.name] = engine.version()
+                record.update(imagePullStatus=image.pull_status, imagePullTime=image.pull_time,
+                              imageSha256=image.sha256, runtime=engine.name)
+                spec = self._container(task, number, engine, image.ref, mounts)
+                if task.get("type") == "sidecar":
+                    sidecar = threading.Thread(target=self._run_sidecar, args=(engine, spec, sidecars_stop, record),
+                                               daemon=True)
+                    sidecar.start()
+                    sidecars.append(sidecar)
+                    continue
+                retries_left = policies.get("maximumTaskRetries", 0)
+                record["retries"] = 0
+                while True:
+                    try:
+                        result = engine.run(spec, self.stop, max(deadline - time.monotonic(), 0.001))
+                    except runtime.ContainerError as error:
+                        return "failed", f"Unable to execute task(s): {error}", False
+                    record.update(exitCode=result.exit_code, wallTimeUsage=round(result.wall_time, 3),
+                                  cpuTimeUsage=round(result.cpu_time, 3), maxResidentSetSizeKB=result.max_rss_kb)
+                    if result.killed == "stopped":
+                        return None
+                    if result.killed == "walltime":
+                        return "killed", "Walltime limit exceeded", False
+                    if result.killed == "memory":
+                        return "killed", "Job used too much memory", False
+                    if result.exit_code == 0 or retries_left == 0:
+                        break
+                    retries_left -= 1
+                    record["retries"] += 1
+                if result.exit_code != 0 and not policies.get("ignoreTaskFailures"):
+                    break  # later tasks depend on this one
+            return "completed", "", False
+        finally:
+            sidecars_stop.set()
+            for sidecar in sidecars:
+                sidecar.join()
+
+    def _run_sidecar(self, engine: runtime.Podman, spec: runtime.ContainerSpec, stop: threading.Event,
+                     record: dict[str, Any]) -> None:
+        try:  # `stop` is set when the other tasks end, however they end
+            result = engine.run(spec, stop, None)
+        except runtime.ContainerError as error:
+            record["error"] = str(error)
+            return
+        record.update(exitCode=result.exit_code, wallTimeUsage=round(result.wall_time, 3),
+                      cpuTimeUsage=round(result.cpu_time, 3), maxResidentSetSizeKB=result.max_rss_kb)
+
+    # -- output ---------------------------------------------------------------------------------
+
+    _done_streaming = False
+
+    def _stream_while_running(self) -> None:
+        while not self._done_streaming:
+            time.sleep(STREAM_INTERVAL)
+            self._send_output()
+
+    def _send_output(self) -> None:
+        for stream, path in self.outputs.items():
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(self.sent[stream])
+                    data = handle.read(STREAM_CHUNK)
+            except OSError:
+                continue
+            if not data and self.sent[stream]:
+                continue
+            try:
+                answer = self.agent.gateway.call("POST", f"/jobs/{self.job_id}/{stream}", data,
+                                                 params={**self.params, "offset": self.sent[stream]}, retries=2)
+            except (GatewayError, OSError):
+                continue
+            if not answer.get("accepted"):
+                self.stop.set()  # the job is no longer ours
+                return
+            self.sent[stream] += len(data)
+
+    def _stage_out(self) -> None:
+        for name in self.spec.get("outputFiles", []):
+            with open(staging.find_output_file(self.home, name), "rb") as handle:
+                self._upload(name, handle.read())
+        for name in self.spec.get("outputDirs", []):
+            archive = staging.pack_output_dir(self.home, name)
+            try:
+                with open(archive, "rb") as handle:
+                    self._upload(name, handle.read())
+            finally:
+                os.remove(archive)
+
+    def _upload(self, name: str, data: bytes) -> None:
+        try:
+            self.agent.gateway.call("PUT", f"/jobs/{self.job_id}/outputs", data, params={**self.params, "name": name})
+        except (GatewayError, OSError) as error:
+            raise staging.StageError("Unable to stageout output to object storage", str(error)) from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="agent", description="PROMINENCE node agent")
+    parser.add_argument("--config", required=True, help="the agent's JSON config (written by the playbook)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with open(args.config) as handle:
+        config = json.load(handle)
+    Agent(config).run()
