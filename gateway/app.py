@@ -4,6 +4,7 @@ import logging
 
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,10 +27,14 @@ from schema.db import make_engine, upgrade
 log = logging.getLogger("prominence.gateway")
 
 
+def _database_answers(engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
 async def health(request: Request) -> Response:
     try:
-        with request.app.state.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        await run_in_threadpool(_database_answers, request.app.state.engine)
     except Exception:
         log.exception("health check failed")
         return JSONResponse({"errors": "DATABASE"}, status_code=409)
