@@ -23,6 +23,7 @@ from sqlalchemy import Engine, func, insert, select, update
 from provisioner import matcher
 from schema.enums import JobStatus, StatusReason
 from schema.identity import TokenAuthority
+from schema.lifecycle import infrastructure_failure
 from schema.signals import Signal
 from schema.tables import jobs, nodes
 
@@ -119,7 +120,7 @@ class Provisioner:
         snapshots = [matcher.NodeSnapshot(n.id, n.state, n.id in load, n.idle_since, n.last_heartbeat, n.created_at)
                      for n in node_rows]
         for node_id in matcher.find_lost(snapshots, now, self._config.heartbeat_timeout):
-            self._lose(node_id)
+            self._delete(node_id, "lost", StatusReason.NODE_LOST)
         for node_id in matcher.find_stuck(snapshots, now, self._config.boot_timeout):
             self._delete(node_id, "failed", "Infrastructure took too long to be deployed")
         for node_id in matcher.plan_scale_down(snapshots, now, self._config.idle_timeout):
@@ -252,16 +253,26 @@ class Provisioner:
             connection.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
 
     def _delete(self, node_id: int, final_state: str, reason: str) -> None:
-        """Take the node out of the pool now; its VM is destroyed in the background."""
+        """Take the node out of the pool now; its VM is destroyed in the background. Jobs it was
+        given but had not started go back to the queue; jobs it was running are retried elsewhere,
+        or fail once their retries are spent."""
+        now = int(time.time())
         with self._engine.begin() as connection:
             row = connection.execute(select(nodes).where(nodes.c.id == node_id)).first()
             if row is None or row.state in ("deleting", "deleted", "failed", "lost"):
                 return
             connection.execute(update(nodes).where(nodes.c.id == node_id).values(
                 state="deleting" if final_state == "deleted" else final_state, state_reason=reason))
-            # Jobs assigned but not yet claimed go back to the queue.
             connection.execute(update(jobs).where(jobs.c.node_id == node_id, jobs.c.status == JobStatus.IDLE)
                                .values(node_id=None, status_reason=StatusReason.WAITING))
+            running = connection.execute(select(jobs.c.id, jobs.c.spec, jobs.c.retries, jobs.c.attempt).where(
+                jobs.c.node_id == node_id, jobs.c.status == JobStatus.RUNNING)).all()
+            for job in running:
+                connection.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.attempt == job.attempt).values(
+                    infrastructure_failure(job.spec, job.retries, reason, now)))
+        if running:
+            log.warning("node %d %s (%s): jobs %s requeued or failed", node_id, final_state, reason,
+                        [job.id for job in running])
         self._workers.submit(self._destroy, node_id, row.name, final_state)
 
     def _destroy(self, node_id: int, name: str, final_state: str) -> None:
@@ -271,18 +282,6 @@ class Provisioner:
         if final_state == "deleted":
             self._set_node(node_id, state="deleted")
         self._jobs_changed.notify()
-
-    def _lose(self, node_id: int) -> None:
-        """The node stopped heartbeating: its running jobs are retried elsewhere, or fail."""
-        now = int(time.time())
-        with self._engine.begin() as connection:
-            running = connection.execute(select(jobs.c.id, jobs.c.spec, jobs.c.retries, jobs.c.attempt).where(
-                jobs.c.node_id == node_id, jobs.c.status == JobStatus.RUNNING)).all()
-            for row in running:
-                connection.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.attempt == row.attempt).values(
-                    infrastructure_failure(row.spec, row.retries, StatusReason.NODE_LOST, now)))
-        log.warning("node %d lost; jobs %s requeued or failed", node_id, [row.id for row in running])
-        self._delete(node_id, "lost", "the agent stopped heartbeating")
 
     def _reconcile(self) -> None:
         """Destroy VMs tagged with this service's id that the database does not know as live."""

@@ -7,6 +7,7 @@ by two nodes.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ class AgentService:
                     return False
                 node = connection.execute(select(nodes).where(nodes.c.id == node_id)).first()
                 execution = {**row.execution, **report.get("execution", {}), "site": node.site,
-                             "provisionedResources": {"cpus": node.cpus, "memory": node.memory_mb // 1024,
+                             "provisionedResources": {"cpus": node.cpus, "memory": math.ceil(node.memory_mb / 1024),
                                                       "disk": node.disk_gb, "nodes": 1}}
                 if row.retries:
                     execution["retries"] = row.retries

@@ -25,6 +25,8 @@ from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeLocation, Nod
 from libcloud.compute.providers import DRIVERS, get_driver, set_driver
 from libcloud.compute.types import NodeState
 
+from provisioner.agent.runtime import Podman
+
 LOCAL_PROVIDER = "local"
 NODE_FILE = "node.json"
 PID_FILE = "agent.pid"
@@ -146,6 +148,11 @@ class LocalNodeDriver(NodeDriver):
         if not node_dir.exists():
             return True
         stop_agent(node_dir)
+        # The node's containers belong to the "VM" too; a killed agent leaves them running.
+        # (Their names start with the node's name: see provisioner/agent/agent.py.)
+        if shutil.which("podman"):
+            conf = node_dir / "containers.conf"
+            Podman(containers_conf=str(conf) if conf.exists() else None).stop_all(f"{node.name}-")
         shutil.rmtree(node_dir, ignore_errors=True)
         if node_dir.exists():  # something recreated files meanwhile: one more try, then report
             shutil.rmtree(node_dir, ignore_errors=True)
