@@ -84,6 +84,7 @@ class Agent:
                 time.sleep(1)
                 continue
             for assignment in claimed:
+                assignment["claimed_at"] = time.time()
                 runner = JobRunner(self, assignment)
                 with self.lock:
                     self.runners[(assignment["id"], assignment["attempt"])] = runner
@@ -161,7 +162,8 @@ class JobRunner(threading.Thread):
         os.makedirs(self.home, exist_ok=True)
         for path in self.outputs.values():
             open(path, "wb").close()
-        execution: dict[str, Any] = {"cpu": self.agent.cpu, "tasks": []}
+        # claimedAt and a task's containerStartedAt are epoch seconds (for bench/dispatch.py).
+        execution: dict[str, Any] = {"cpu": self.agent.cpu, "tasks": [], "claimedAt": self.assignment["claimed_at"]}
         started = time.monotonic()
         try:
             staging.write_inputs(self.home, self.spec.get("inputs", []))
@@ -251,6 +253,7 @@ class JobRunner(threading.Thread):
                 retries_left = policies.get("maximumTaskRetries", 0)
                 record["retries"] = 0
                 while True:
+                    record["containerStartedAt"] = time.time()
                     try:
                         result = engine.run(spec, self.stop, max(deadline - time.monotonic(), 0.001))
                     except runtime.ContainerError as error:
