@@ -16,11 +16,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the tests use: PostgreSQL's server (started by the tests themselves).
+# Debian packages the tests use: PostgreSQL's server (started by the tests themselves), podman with
+# runc (the agent's container runtime) and busybox-static (the local test image); one apt-get update.
 system-packages:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@MISSING=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || MISSING="$$MISSING postgresql"; \
+	command -v podman >/dev/null 2>&1 || MISSING="$$MISSING podman"; \
+	command -v runc >/dev/null 2>&1 || MISSING="$$MISSING runc"; \
+	dpkg -s busybox-static >/dev/null 2>&1 || MISSING="$$MISSING busybox-static"; \
+	if [ -n "$$MISSING" ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$MISSING; \
 	fi
 
 serve: $(STAMP)
