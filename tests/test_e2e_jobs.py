@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from provisioner.drivers.local import LocalNodeDriver
 from tests.images import busybox_image, podman_env
 from tests.live import LiveServer
 
@@ -38,8 +39,10 @@ def server(tmp_path_factory, image):
                                   "--local-cpus", "2", "--local-memory-mb", "4096"))
     with live:
         yield live
-    # Every node this server created is gone with its containers once it stops.
-    subprocess.run(["podman", "rm", "-f", "--all"], env=podman_env(), capture_output=True)
+    # Local nodes outlive the server (as VMs would); destroy them with their agents and containers.
+    driver = LocalNodeDriver(str(live.data_dir / "nodes"))
+    for node in driver.list_nodes():
+        driver.destroy_node(node)
 
 
 @pytest.fixture(scope="module")
