@@ -1,5 +1,6 @@
 # `make serve` and `make test` work on a fresh Debian machine with Python 3.11: they install what
-# they need (the virtualenv, the package, Debian's PostgreSQL server for the tests) themselves.
+# they need (the virtualenv, the package, podman and a local busybox image, PostgreSQL for the
+# tests) themselves.
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= data
@@ -8,7 +9,7 @@ PORT ?= 8080
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
-.PHONY: serve test bench system-packages clean
+.PHONY: serve test bench serve-packages system-packages clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,20 +17,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the tests use: PostgreSQL's server (started by the tests themselves), podman with
-# runc (the agent's container runtime) and busybox-static (the local test image); one apt-get update.
-system-packages:
-	@MISSING=""; \
-	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || MISSING="$$MISSING postgresql"; \
-	command -v podman >/dev/null 2>&1 || MISSING="$$MISSING podman"; \
-	command -v runc >/dev/null 2>&1 || MISSING="$$MISSING runc"; \
-	dpkg -s busybox-static >/dev/null 2>&1 || MISSING="$$MISSING busybox-static"; \
+# Debian packages: podman with runc (the agent's container runtime) and busybox-static (the local
+# image) for serving; PostgreSQL's server (started by the tests themselves) for testing too.
+SERVE_PACKAGES = podman runc busybox-static
+TEST_PACKAGES = $(SERVE_PACKAGES) postgresql
+define install_missing
+	@MISSING=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$MISSING" ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$MISSING; \
 	fi
+endef
 
-serve: $(STAMP)
+serve-packages:
+	$(call install_missing,$(SERVE_PACKAGES))
+
+system-packages:
+	$(call install_missing,$(TEST_PACKAGES))
+
+serve: $(STAMP) serve-packages
+	@$(BIN)/python -m provisioner.local_image docker.io/library/busybox:latest >/dev/null
 	@mkdir -p $(DATA)
 	@TOKEN=$$($(BIN)/prominence-server token create --user admin --admin --days 30 --data-dir $(DATA)); \
 	echo ""; \
@@ -46,6 +53,7 @@ test: $(STAMP) system-packages
 
 bench: $(STAMP) system-packages
 	$(BIN)/python bench/submit.py
+	$(BIN)/python bench/dispatch.py
 
 clean:
 	rm -rf $(VENV) $(DATA)
