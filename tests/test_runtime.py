@@ -203,7 +203,9 @@ def test_cpus_limit_and_cpu_time(podman, image, tmp_path):
     assert limited.exit_code == 0, limited
     assert 0.1 <= limited.cpu_time <= 0.45, limited
     full = run(podman, spec(tmp_path, image, busy, cpus=2))
-    assert full.cpu_time >= 0.8, full
+    # A full second of cpu when the machine is quiet; other load (a second test run, a benchmark)
+    # can take some of it, but never brings it down to the limited run's quarter.
+    assert full.cpu_time >= 0.5, full
     assert read(tmp_path / "stdout") == "rc=143\nrc=143\n"
 
 
