@@ -19,6 +19,7 @@ class Demand:
     memory_mb: int
     disk_gb: int
     autoscale: bool = True  # False: autoScalingType "none", never create capacity for it
+    nodes: int = 1  # several (or 0: totalCpusRange) need all their nodes at once, not supported yet
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ def match(demands: Sequence[Demand], free: Sequence[Capacity]) -> dict[int, int]
     nodes = list(free)
     placed: dict[int, int] = {}
     for demand in demands:
+        if demand.nodes != 1:
+            continue
         fitting = [i for i, node in enumerate(nodes) if node.fits(demand)]
         if not fitting:
             continue
@@ -81,6 +84,7 @@ class ScaleUpPlan:
     waiting_for_boot: dict[int, int] = field(default_factory=dict)  # job id -> booting node id
     creating: dict[int, str] = field(default_factory=dict)  # job id -> cloud its node is being created on
     never_fits: list[int] = field(default_factory=list)  # no cloud can ever run these
+    multi_node: list[int] = field(default_factory=list)  # need several nodes at once: not supported yet
     no_autoscale: list[int] = field(default_factory=list)  # wait for existing nodes only
 
 
@@ -90,7 +94,9 @@ def plan_scale_up(waiting: Sequence[Demand], booting: Sequence[Capacity], clouds
     plan = ScaleUpPlan()
     autoscaled = []
     for demand in waiting:
-        if not demand.autoscale:
+        if demand.nodes != 1:
+            plan.multi_node.append(demand.job_id)
+        elif not demand.autoscale:
             plan.no_autoscale.append(demand.job_id)
         elif not any(cloud.max_node.fits(demand) for cloud in clouds):
             plan.never_fits.append(demand.job_id)

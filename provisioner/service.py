@@ -8,7 +8,6 @@ so a crash in between leaves a record the reconcile step can clean up.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 import threading
@@ -47,10 +46,11 @@ class LocalCloud:
 
     @classmethod
     def this_machine(cls, base_dir: Path, cpus: int | None = None, memory_mb: int | None = None) -> LocalCloud:
+        from provisioner.drivers.local import machine_cpus, machine_memory_mb
+
         base_dir.mkdir(parents=True, exist_ok=True)
-        total_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
         disk = shutil.disk_usage(base_dir).free // (1 << 30)
-        return cls(base_dir, cpus or os.cpu_count() or 1, memory_mb or total_memory, max(int(disk), 1))
+        return cls(base_dir, cpus or machine_cpus(), memory_mb or machine_memory_mb(), max(int(disk), 1))
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,9 @@ class Provisioner:
                        func.sum(jobs.c.memory_mb).label("memory_mb"), func.sum(jobs.c.disk_gb).label("disk_gb"))
                 .where(jobs.c.node_id.is_not(None), jobs.c.status.in_((JobStatus.IDLE, JobStatus.RUNNING)))
                 .group_by(jobs.c.node_id))}
-            waiting = [matcher.Demand(r.id, r.cpus, r.memory_mb, r.disk_gb, r.autoscale) for r in connection.execute(
-                select(jobs.c.id, jobs.c.cpus, jobs.c.memory_mb, jobs.c.disk_gb, jobs.c.autoscale)
+            waiting = [matcher.Demand(r.id, r.cpus, r.memory_mb, r.disk_gb, r.autoscale, r.nodes)
+                       for r in connection.execute(
+                select(jobs.c.id, jobs.c.cpus, jobs.c.memory_mb, jobs.c.disk_gb, jobs.c.autoscale, jobs.c.nodes)
                 .where(jobs.c.status == JobStatus.IDLE, jobs.c.node_id.is_(None))
                 .order_by(jobs.c.priority.desc(), jobs.c.id).limit(10000))]
         return node_rows, load, waiting
@@ -184,11 +185,10 @@ class Provisioner:
 
     def _scale_up(self, node_rows: list[Any], load: dict[int, Any], waiting: list[matcher.Demand]) -> None:
         cloud = self._config.cloud
-        used = [n for n in node_rows]
         room = matcher.CloudRoom(
-            name=cloud.name, cpus=cloud.cpus - sum(n.cpus for n in used),
-            memory_mb=cloud.memory_mb - sum(n.memory_mb for n in used),
-            disk_gb=cloud.disk_gb - sum(n.disk_gb for n in used),
+            name=cloud.name, cpus=cloud.cpus - sum(n.cpus for n in node_rows),
+            memory_mb=cloud.memory_mb - sum(n.memory_mb for n in node_rows),
+            disk_gb=cloud.disk_gb - sum(n.disk_gb for n in node_rows),
             max_node=matcher.Capacity(0, cloud.cpus, cloud.memory_mb, cloud.disk_gb),
             can_boot=max(0, self._config.max_booting - sum(n.state in BOOTING_STATES for n in node_rows)))
         booting = [self._free(n, load) for n in node_rows if n.state in BOOTING_STATES]
@@ -196,7 +196,8 @@ class Provisioner:
         for request in plan.requests:
             self._launch(request)
         reasons = {StatusReason.CREATING.format(cloud=cloud.name): [*plan.creating, *plan.waiting_for_boot],
-                   StatusReason.NEVER_FITS: plan.never_fits, StatusReason.EXISTING_ONLY: plan.no_autoscale}
+                   StatusReason.NEVER_FITS: plan.never_fits, StatusReason.EXISTING_ONLY: plan.no_autoscale,
+                   StatusReason.MULTI_NODE: plan.multi_node}
         placed = {job_id for ids in reasons.values() for job_id in ids}
         reasons[StatusReason.WAITING] = [d.job_id for d in waiting if d.job_id not in placed]
         with self._engine.begin() as connection:

@@ -35,6 +35,7 @@ class StatusReason:
     WAITING = "Waiting for resources"
     CREATING = "Creating infrastructure to run job on cloud {cloud}"
     NEVER_FITS = "No matching resources: no cloud can ever satisfy these resources"
+    MULTI_NODE = "No matching resources: jobs across several nodes are not supported yet"
     EXISTING_ONLY = "Waiting for existing resources (autoScalingType none)"
     STARTING = "Starting on node {node}"
     RETRYING = "Waiting for resources to retry after: {reason}"

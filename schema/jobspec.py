@@ -283,6 +283,7 @@ class JobSpec(_Model):
         memory_gb = resources.memory or resources.memoryPerCpu * resources.min_cpus
         minutes = policies.maximumTimeInQueue or 0
         return {"cpus": resources.min_cpus, "memory_mb": math.ceil(memory_gb * 1024), "disk_gb": resources.disk,
+                "nodes": resources.nodes or 0,  # 0: totalCpusRange, as many nodes as it can get
                 "priority": policies.priority or 0, "autoscale": policies.autoScalingType != "none",
                 "queue_limit_s": minutes * 60 if minutes > 0 else None}
 

@@ -53,6 +53,7 @@ class Job(SQLModel, table=True):
     cpus: int = 1
     memory_mb: int = 1000
     disk_gb: int = 10
+    nodes: int = 1  # 0 for totalCpusRange
     autoscale: bool = True  # False for autoScalingType "none": never create capacity for it
     queue_deadline: int | None = Field(default=None, sa_column=Column(BigInteger))  # maximumTimeInQueue
 

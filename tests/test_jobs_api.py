@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from gateway.services.jobs import output_path
 from tests.conftest import simple_job
 
 
@@ -335,7 +336,7 @@ def test_stdout_and_stderr(api):
         assert response.json() == {"error": f"{stream} does not exist"}
     assert api.request("GET", "/jobs/5555/stdout").status_code == 400
     # What the agent streams lands here; reading from an offset returns only what is new.
-    path = api.client.app.state.jobs.output_path(job_id, 0, "stdout")
+    path = output_path(api.settings.data_dir, job_id, 0, "stdout")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"line 1\nline 2\n")
     assert api.request("GET", f"/jobs/{job_id}/stdout").text == "line 1\nline 2\n"

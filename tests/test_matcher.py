@@ -52,11 +52,12 @@ def test_jobs_wait_for_nodes_already_booting():
     assert [r.job_ids for r in plan.requests] == [(2,)]
 
 
-def test_no_autoscale_and_impossible_jobs_never_cause_a_node():
-    plan = plan_scale_up([demand(1, autoscale=False), demand(2, cpus=64)], [], [cloud(cpus=4)])
+def test_no_autoscale_impossible_and_multi_node_jobs_never_cause_a_node():
+    multi_node = Demand(3, 1, 1024, 10, nodes=2)
+    plan = plan_scale_up([demand(1, autoscale=False), demand(2, cpus=64), multi_node], [], [cloud(cpus=4)])
     assert plan.requests == []
-    assert plan.no_autoscale == [1]
-    assert plan.never_fits == [2]
+    assert (plan.no_autoscale, plan.never_fits, plan.multi_node) == ([1], [2], [3])
+    assert match([multi_node], [Capacity(10, 4, 8192, 100)]) == {}
 
 
 def node(node_id, state="ready", busy=False, idle_since=None, heartbeat=None, created=0.0):

@@ -16,6 +16,7 @@ from anyio import to_thread
 from sqlalchemy import Engine, and_, func, select, update
 
 from gateway.errors import BadRequest, Forbidden
+from gateway.services.jobs import output_path
 from gateway.storage import ObjectStore
 from schema.enums import JobStatus
 from schema.identity import TokenAuthority
@@ -115,7 +116,7 @@ class AgentService:
             with self._engine.connect() as connection:
                 if self._current(connection, node_id, job_id, attempt) is None:
                     return False
-            path = self._data_dir / "jobs" / str(job_id) / "0" / stream
+            path = output_path(self._data_dir, job_id, 0, stream)
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "r+b" if path.exists() else "wb") as handle:
                 if offset == 0:

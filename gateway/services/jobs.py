@@ -40,6 +40,11 @@ class JobQuery:
     workflow: bool = False
 
 
+def output_path(data_dir: Path, job_id: int, node: int, stream: str) -> Path:
+    """Where a job's stdout or stderr (of its node `node`) is kept."""
+    return data_dir / "jobs" / str(job_id) / str(node) / stream
+
+
 def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
     """A job as `/v1` shows it: the list view, or with `detail` everything the reference lists."""
     spec = row.spec
@@ -175,7 +180,7 @@ class JobService:
         def run() -> bytes:
             with self._engine.connect() as connection:
                 self._owned(connection, identity, job_id)
-            path = self.output_path(job_id, node, stream)
+            path = output_path(self._data_dir, job_id, node, stream)
             try:
                 with open(path, "rb") as handle:
                     handle.seek(offset)
@@ -183,6 +188,3 @@ class JobService:
             except FileNotFoundError:
                 raise NotFound(f"{stream} does not exist") from None
         return await to_thread.run_sync(run)
-
-    def output_path(self, job_id: int, node: int, stream: str) -> Path:
-        return self._data_dir / "jobs" / str(job_id) / str(node) / stream

@@ -141,6 +141,7 @@ class JobRunner(threading.Thread):
         self.outputs = {name: os.path.join(self.dir, name) for name in ("stdout", "stderr")}
         self.sent = {"stdout": 0, "stderr": 0}
         self.params = {"attempt": self.attempt}
+        self._done_streaming = threading.Event()
 
     def run(self) -> None:
         try:
@@ -178,7 +179,7 @@ class JobRunner(threading.Thread):
         try:
             outcome = self._run_tasks(mounts, execution)
         finally:
-            self._done_streaming = True
+            self._done_streaming.set()
             streamer.join()
             self._send_output()
         if outcome is None:  # stopped: the job was deleted or given to another node
@@ -290,11 +291,10 @@ class JobRunner(threading.Thread):
 
     # -- output ---------------------------------------------------------------------------------
 
-    _done_streaming = False
-
     def _stream_while_running(self) -> None:
-        while not self._done_streaming:
-            time.sleep(STREAM_INTERVAL)
+        # An Event rather than sleep(): when the tasks end, the join above returns at once
+        # instead of after the rest of a STREAM_INTERVAL; the final _send_output sends the rest.
+        while not self._done_streaming.wait(STREAM_INTERVAL):
             self._send_output()
 
     def _send_output(self) -> None:

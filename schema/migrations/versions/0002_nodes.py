@@ -44,6 +44,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("cpus", sa.Integer(), nullable=False, server_default="1"))
         batch.add_column(sa.Column("memory_mb", sa.Integer(), nullable=False, server_default="1000"))
         batch.add_column(sa.Column("disk_gb", sa.Integer(), nullable=False, server_default="10"))
+        batch.add_column(sa.Column("nodes", sa.Integer(), nullable=False, server_default="1"))
         batch.add_column(sa.Column("autoscale", sa.Boolean(), nullable=False, server_default=sa.true()))
         batch.add_column(sa.Column("queue_deadline", sa.BigInteger(), nullable=True))
     op.create_index("ix_jobs_status_priority", "jobs", ["status", "priority", "id"])
@@ -54,7 +55,7 @@ def downgrade() -> None:
     op.drop_index("ix_jobs_node_id", "jobs")
     op.drop_index("ix_jobs_status_priority", "jobs")
     with op.batch_alter_table("jobs") as batch:
-        for column in ("queue_deadline", "autoscale", "disk_gb", "memory_mb", "cpus", "priority", "retries",
+        for column in ("queue_deadline", "autoscale", "disk_gb", "memory_mb", "cpus", "nodes", "priority", "retries",
                        "attempt", "node_id"):
             batch.drop_column(column)
     op.drop_table("nodes")
