@@ -93,6 +93,18 @@ def test_infrastructure_failures_are_retried_then_fail(api):
     assert job["execution"]["retries"] == 1
 
 
+def test_jobs_of_a_restarted_agent_are_requeued(api):
+    node_id, headers = add_node(api, state="ready")
+    job_id = api.submit()
+    assign(api, [job_id], node_id)
+    agent(api, "POST", "/claim?wait=0", headers)
+    agent(api, "POST", "/register", headers, json={})
+    [job] = api.request("GET", f"/jobs/{job_id}").json()
+    assert job["status"] == "idle" and "agent restarted" in job["statusReason"]
+    assert agent(api, "POST", f"/jobs/{job_id}/finish", headers, params={"attempt": 1},
+                 json={"status": "completed"}).json() == {"accepted": False}
+
+
 def test_claims_are_exactly_once_under_concurrency(api):
     node_id, headers = add_node(api, state="ready")
     ids = [api.submit() for _ in range(60)]

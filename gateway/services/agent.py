@@ -45,7 +45,9 @@ class AgentService:
         return row
 
     async def register(self, node_id: int, info: dict[str, Any]) -> dict[str, Any]:
-        """The agent has started: the node is ready to run jobs."""
+        """The agent has started: the node is ready to run jobs. Jobs an earlier agent of this
+        node was running died with it (the new agent removes their containers before it
+        registers): they go back to the queue as infrastructure failures."""
         def run() -> dict[str, Any]:
             now = time.time()
             with self._engine.begin() as connection:
@@ -53,6 +55,11 @@ class AgentService:
                 connection.execute(update(nodes).where(nodes.c.id == node_id).values(
                     state="ready", ready_at=node.ready_at or now, last_heartbeat=now,
                     idle_since=node.idle_since or now, info={**node.info, **info}))
+                orphans = connection.execute(select(jobs.c.id, jobs.c.spec, jobs.c.retries, jobs.c.attempt).where(
+                    jobs.c.node_id == node_id, jobs.c.status == JobStatus.RUNNING)).all()
+                for job in orphans:
+                    connection.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.attempt == job.attempt).values(
+                        infrastructure_failure(job.spec, job.retries, "the node's agent restarted", int(now))))
             return {"node": node_id}
         result = await to_thread.run_sync(run)
         self._jobs_changed.notify()  # new capacity: match waiting jobs to it
