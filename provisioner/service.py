@@ -22,7 +22,7 @@ from sqlalchemy import Engine, func, insert, select, update
 from provisioner import matcher
 from schema.enums import JobStatus, StatusReason
 from schema.identity import TokenAuthority
-from schema.lifecycle import infrastructure_failure
+from schema.lifecycle import finished, infrastructure_failure
 from schema.signals import Signal
 from schema.tables import jobs, nodes
 
@@ -164,24 +164,26 @@ class Provisioner:
 
     def _expire_queued(self, now: float) -> None:
         """maximumTimeInQueue: idle jobs past their deadline fail."""
-        with self._engine.begin() as connection:
+        with self._engine.connect() as connection:
             expired = connection.execute(
                 select(jobs.c.id, jobs.c.spec).where(jobs.c.status == JobStatus.IDLE, jobs.c.queue_deadline <= now)
             ).all()
+        if not expired:
+            return
+        with self._engine.begin() as connection:
             for row in expired:
                 connection.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.status == JobStatus.IDLE).values(
-                    status=JobStatus.FAILED, status_reason=StatusReason.MAX_TIME_QUEUED, end_time=int(now),
-                    node_id=None, in_queue=bool(row.spec.get("policies", {}).get("leaveInQueue"))))
+                    node_id=None, **finished(row.spec, JobStatus.FAILED, StatusReason.MAX_TIME_QUEUED, int(now))))
 
     def _track_idle(self, node_rows: list[Any], load: dict[int, Any], now: float) -> None:
+        """Nodes' idle_since: when they last ran out of work (None while they have some)."""
+        changes = {node.id: None if node.id in load else now for node in node_rows
+                   if node.state == "ready" and (node.id in load) == (node.idle_since is not None)}
+        if not changes:
+            return
         with self._engine.begin() as connection:
-            for node in node_rows:
-                if node.state != "ready":
-                    continue
-                if node.id in load and node.idle_since is not None:
-                    connection.execute(update(nodes).where(nodes.c.id == node.id).values(idle_since=None))
-                elif node.id not in load and node.idle_since is None:
-                    connection.execute(update(nodes).where(nodes.c.id == node.id).values(idle_since=now))
+            for node_id, idle_since in changes.items():
+                connection.execute(update(nodes).where(nodes.c.id == node_id).values(idle_since=idle_since))
 
     def _scale_up(self, node_rows: list[Any], load: dict[int, Any], waiting: list[matcher.Demand]) -> None:
         cloud = self._config.cloud
