@@ -1,4 +1,8 @@
+import http.server
+import io
 import itertools
+import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,3 +73,25 @@ def api(settings):
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A real HTTP server on loopback serving files from a directory."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def tgz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

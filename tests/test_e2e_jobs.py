@@ -19,6 +19,7 @@ import pytest
 
 from provisioner.drivers.local import LocalNodeDriver
 from tests.images import busybox_image, podman_env
+from tests.conftest import tgz
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -118,6 +119,19 @@ def test_job_with_inputs_env_two_tasks_and_outputs(client, image):
     assert archive.extractfile("results/a.txt").read() == b"hi there\n"
     tampered = out_file["url"].replace("signature=", "signature=0")
     assert httpx.get(tampered).status_code == 403
+
+
+def test_artifacts_are_fetched_unpacked_and_mounted(client, image, web):
+    root, url = web
+    (root / "data.tgz").write_bytes(tgz({"data/a.txt": b"artifact content\n"}))
+    job_id = submit(client, job(image, {"cmd": "cat /mnt/data/a.txt"},
+                                artifacts=[{"url": f"{url}/data.tgz", "mountpoint": "data:/mnt/data"}]))
+    done = wait_for(client, job_id)
+    assert done["status"] == "completed", done
+    assert client.get(f"/jobs/{job_id}/stdout").text == "artifact content\n"
+    missing = wait_for(client, submit(client, job(image, {"cmd": "true"}, artifacts=[{"url": f"{url}/nope.tgz"}],
+                                                  policies={"maximumRetries": 0})))
+    assert (missing["status"], missing["statusReason"]) == ("failed", "Artifact download failed")
 
 
 def test_failing_task_stops_the_rest_unless_failures_are_ignored(client, image):

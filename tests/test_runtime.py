@@ -285,8 +285,18 @@ def test_stop_all(podman, image, tmp_path):
         podman_cli("rm", "-f", other)
 
 
+def test_a_name_can_be_run_again_at_once(podman, image, tmp_path):
+    """A task retried under the same container name: the earlier container's removal finishes first."""
+    s = spec(tmp_path, image, ["sh", "-c", "echo run; exit 3"])
+    results = [run(podman, s) for _ in range(3)]
+    assert [r.exit_code for r in results] == [3, 3, 3]
+    assert all(r.cpu_time > 0 for r in results)
+    assert read(tmp_path / "stdout") == "run\n" * 3
+
+
 def test_no_leftovers(podman, image, tmp_path):
-    """Runs last (file order): nothing left behind by the tests above."""
+    """Runs last (file order): nothing left behind by the tests above, once removals settle."""
+    podman.settle(PREFIX)
     names = podman_cli("ps", "-a", "--format", "{{.Names}}").stdout.split()
     assert [n for n in names if n.startswith(PREFIX)] == []
     leftovers = [

@@ -151,6 +151,7 @@ class JobRunner(threading.Thread):
             report = {"status": "failed", "reason": f"Unable to execute task(s): {error}", "infrastructure": True}
         finally:
             self.agent.finished(self)
+            self.agent.podman.settle(self.container_prefix)  # no container outlives its job's report
         try:
             if report is not None:
                 self.agent.gateway.call("POST", f"/jobs/{self.job_id}/finish", report, params=self.params, retries=30)
@@ -210,10 +211,14 @@ class JobRunner(threading.Thread):
             "PROMINENCE_URL": self.assignment["url"], "PROMINENCE_TOKEN": self.assignment["token"],
         }
 
+    @property
+    def container_prefix(self) -> str:
+        return f"{self.agent.container_prefix}{self.job_id}-{self.attempt}-"
+
     def _container(self, task: dict[str, Any], number: int, engine: runtime.Podman, image: str,
-                   mounts: list[tuple[str, str]], suffix: str = "") -> runtime.ContainerSpec:
+                   mounts: list[tuple[str, str]]) -> runtime.ContainerSpec:
         return runtime.ContainerSpec(
-            name=f"{self.agent.container_prefix}{self.job_id}-{self.attempt}-{number}{suffix}",
+            name=f"{self.container_prefix}{number}",
             image=image, argv=runtime.build_argv(task.get("cmd"), task.get("args")),
             env=self._environment(task, number, engine), workdir=task.get("workdir") or "/home/user",
             mounts=[(self.home, "/home/user"), *mounts], cpus=self.assignment["cpus"],
@@ -226,6 +231,7 @@ class JobRunner(threading.Thread):
         deadline = time.monotonic() + walltime
         sidecars: list[threading.Thread] = []
         sidecars_stop = threading.Event()
+        images: dict[str, runtime.ImageInfo] = {}  # prepared once per job: later tasks find it cached
         try:
             for number, task in enumerate(self.spec["tasks"]):
                 record: dict[str, Any] = {}
@@ -233,8 +239,9 @@ class JobRunner(threading.Thread):
                 try:
                     engine = runtime.runtime_for(task.get("runtime"), self.agent.podman)
                     credential = task.get("imagePullCredential")
-                    image = engine.prepare_image(task["image"], (credential["username"], credential["token"])
-                                                 if credential else None)
+                    image = images.get(task["image"]) or engine.prepare_image(
+                        task["image"], (credential["username"], credential["token"]) if credential else None)
+                    images[task["image"]] = runtime.ImageInfo("cached", -1.0, image.sha256, image.ref)
                 except runtime.RuntimeUnavailable as error:
                     return "failed", f"Unable to execute task(s): {error}", False
                 except runtime.ImageError as error:

@@ -64,7 +64,7 @@ def fetch_artifacts(home: str, artifacts: list[dict]) -> list[tuple[str, str]]:
             raise StageError("Artifact download failed", f"{url}: {error}") from None
         try:
             _unpack(path, home)
-        except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as error:
+        except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, StageError) as error:
             raise StageError("Artifact uncompress failed", f"{name}: {error}") from None
         if artifact.get("executable") and os.path.exists(path):
             os.chmod(path, 0o775)
@@ -89,7 +89,17 @@ def _unpack(path: str, home: str) -> None:
             archive.extractall(home)
     elif suffix.startswith(".t"):
         with tarfile.open(path) as archive:
-            archive.extractall(home, filter="data")  # refuses members that would leave `home`
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (nodes may have an older python3)
+                archive.extractall(home, filter="data")  # refuses members that would leave `home`
+            else:
+                for member in archive.getmembers():
+                    inside(home, member.name)
+                    if member.issym() or member.islnk():
+                        inside(home, os.path.join(os.path.dirname(member.name), member.linkname)
+                               if member.issym() else member.linkname)
+                    elif not (member.isfile() or member.isdir()):
+                        raise tarfile.TarError(f"{member.name}: special files are not unpacked")
+                archive.extractall(home)
     else:
         opener = gzip.open if suffix == ".gz" else bz2.open
         with opener(path) as packed, open(path[: -len(suffix)], "wb") as out:
