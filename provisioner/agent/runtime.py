@@ -113,6 +113,7 @@ import select
 import shlex
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -341,6 +342,10 @@ class Podman:
             proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env,
                 start_new_session=True,
+                # conmon leaves a file named `oom` in its working directory after an OOM kill:
+                # keep it beside the task's output, not wherever the agent was started.
+                cwd=tempfile.gettempdir() if spec.stdout_path == os.devnull
+                else os.path.dirname(os.path.abspath(spec.stdout_path)),
             )
         killed: str | None = None
         exited = _ExitWaiter(proc)
