@@ -58,7 +58,7 @@ async def server_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": "Internal server error"}, status_code=500)
 
 
-def _provisioner(settings: Settings, engine, tokens: TokenAuthority, jobs_changed: Signal, assigned: Signal):
+def build_provisioner(settings: Settings, engine, tokens: TokenAuthority, jobs_changed: Signal, assigned: Signal):
     from provisioner.service import LocalCloud, Provisioner, ProvisionerConfig, service_id
 
     cloud = LocalCloud.this_machine(settings.data_dir / "nodes", settings.local_cpus, settings.local_memory_mb)
@@ -83,7 +83,8 @@ def create_app(settings: Settings) -> Starlette:
         app.state.agent = AgentService(engine, tokens, store, settings.data_dir, settings.public_url,
                                        jobs_changed, assigned)
         app.state.openapi = openapi_document()
-        provisioner = _provisioner(settings, engine, tokens, jobs_changed, assigned) if settings.run_provisioner else None
+        provisioner = (build_provisioner(settings, engine, tokens, jobs_changed, assigned)
+                       if settings.run_provisioner else None)
         if provisioner:
             provisioner.start()
         try:

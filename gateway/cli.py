@@ -1,10 +1,18 @@
-"""`prominence-server`: run the service and issue tokens."""
+"""`prominence-server`: run the service (or its provisioner apart) and issue tokens."""
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from schema.identity import TokenAuthority
 from gateway.settings import Settings
+
+
+def _settings(args: argparse.Namespace, **extra) -> Settings:
+    return Settings.load(args.data_dir, args.database_url, args.public_url, args.host, args.port,
+                         idle_timeout=args.idle_timeout, heartbeat_timeout=args.heartbeat_timeout,
+                         local_cpus=args.local_cpus, local_memory_mb=args.local_memory_mb, **extra)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -12,12 +20,33 @@ def _serve(args: argparse.Namespace) -> None:
 
     from gateway.app import create_app
 
-    settings = Settings.load(args.data_dir, args.database_url, args.public_url, args.host, args.port,
-                             run_provisioner=not args.no_provisioner, idle_timeout=args.idle_timeout,
-                             heartbeat_timeout=args.heartbeat_timeout, local_cpus=args.local_cpus,
-                             local_memory_mb=args.local_memory_mb)
+    settings = _settings(args, run_provisioner=not args.no_provisioner)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=args.access_log,
                 log_level=os.environ.get("PROMINENCE_LOG_LEVEL", "info"))
+
+
+def _provisioner(args: argparse.Namespace) -> None:
+    """The provisioner alone, against the gateway's database (`serve --no-provisioner` elsewhere).
+    Without the gateway's in-process signals it looks at the database every second."""
+    import logging
+
+    from gateway.app import build_provisioner
+    from schema.db import make_engine, upgrade
+    from schema.signals import Signal
+
+    logging.basicConfig(level=os.environ.get("PROMINENCE_LOG_LEVEL", "info").upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    provisioner = build_provisioner(settings, engine, TokenAuthority(settings.secret), Signal(), Signal())
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    provisioner.start()
+    stopping.wait()
+    provisioner.stop()
+    engine.dispose()
 
 
 def _token_create(args: argparse.Namespace) -> None:
@@ -32,21 +61,27 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--data-dir", help="state and storage (default ./data, or PROMINENCE_DATA_DIR)")
-    serve.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the data dir, "
-                                              "or PROMINENCE_DATABASE_URL); postgresql+psycopg://... works too")
-    serve.add_argument("--public-url", help="the URL jobs and download links use (default http://HOST:PORT)")
+    provisioner = commands.add_parser("provisioner", help="run only the provisioner (with `serve --no-provisioner`)")
+    for command in (serve, provisioner):
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8080)
+        command.add_argument("--data-dir", help="state and storage (default ./data, or PROMINENCE_DATA_DIR)")
+        command.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the data dir, or "
+                                                    "PROMINENCE_DATABASE_URL); postgresql+psycopg://... works too")
+        command.add_argument("--public-url", help="the URL jobs, agents and download links use "
+                                                  "(default http://HOST:PORT)")
+        command.add_argument("--idle-timeout", type=float,
+                             help="seconds before an idle node is deleted (default 600)")
+        command.add_argument("--heartbeat-timeout", type=float,
+                             help="seconds without a heartbeat before a node is lost (default 60)")
+        command.add_argument("--local-cpus", type=int, help="cpus of the local cloud (default: this machine's)")
+        command.add_argument("--local-memory-mb", type=int,
+                             help="memory of the local cloud (default: this machine's)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--no-provisioner", action="store_true",
                        help="do not create nodes or schedule jobs here (run `provisioner` apart)")
-    serve.add_argument("--idle-timeout", type=float, help="seconds before an idle node is deleted (default 600)")
-    serve.add_argument("--heartbeat-timeout", type=float,
-                       help="seconds without a heartbeat before a node is lost (default 60)")
-    serve.add_argument("--local-cpus", type=int, help="cpus of the local cloud (default: this machine's)")
-    serve.add_argument("--local-memory-mb", type=int, help="memory of the local cloud (default: this machine's)")
     serve.set_defaults(run=_serve)
+    provisioner.set_defaults(run=_provisioner)
 
     token = commands.add_parser("token", help="tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="print a JWT signed with the server's secret")
