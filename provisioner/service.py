@@ -63,6 +63,7 @@ class ProvisionerConfig:
     boot_timeout: float = 600.0
     heartbeat_interval: float = 2.0
     tick_interval: float = 1.0
+    reconcile_interval: float = 30.0
     max_booting: int = 1  # nodes booting at once on the cloud
 
 
@@ -91,20 +92,25 @@ class Provisioner:
         self._thread = threading.Thread(target=self._run, name="provisioner", daemon=True)
 
     def start(self) -> None:
-        self._reconcile()
+        self.reconcile()
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._jobs_changed.notify()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self._workers.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
+        reconciled = time.monotonic()
         while not self._stopping.is_set():
             generation = self._jobs_changed.generation
             try:
                 self.tick()
+                if time.monotonic() - reconciled >= self._config.reconcile_interval:
+                    reconciled = time.monotonic()
+                    self.reconcile()
             except Exception:
                 log.exception("provisioner tick failed")
             self._jobs_changed.wait_since(generation, self._config.tick_interval)
@@ -286,12 +292,20 @@ class Provisioner:
             self._set_node(node_id, state="deleted")
         self._jobs_changed.notify()
 
-    def _reconcile(self) -> None:
-        """Destroy VMs tagged with this service's id that the database does not know as live."""
+    def reconcile(self) -> None:
+        """The database against the cloud: VMs tagged with this service's id that the database
+        does not know as live are destroyed (none is ever leaked); nodes whose VM vanished are
+        lost at once, without waiting for the heartbeat timeout."""
         with self._engine.connect() as connection:
-            live = {row.name for row in connection.execute(select(nodes.c.name).where(nodes.c.state.in_(LIVE_STATES)))}
-        for vm in self._driver.list_nodes():
+            live = connection.execute(select(nodes.c.id, nodes.c.name, nodes.c.state)
+                                      .where(nodes.c.state.in_(LIVE_STATES))).all()
+        vms = self._driver.list_nodes()
+        names = {vm.name for vm in vms}
+        for vm in vms:
             tags = vm.extra.get("tags") or {}
-            if tags.get("prominence-service") == self._config.service_id and vm.name not in live:
+            if tags.get("prominence-service") == self._config.service_id and vm.name not in {n.name for n in live}:
                 log.warning("destroying VM %s, which the database does not know", vm.name)
                 self._driver.destroy_node(vm)
+        for node in live:
+            if node.state in ("ready", "draining") and node.name not in names:
+                self._delete(node.id, "lost", "Job was evicted: its node's VM vanished")
