@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 # Debian packages: podman with runc (the agent's container runtime) and busybox-static (the local
 # image) for serving; PostgreSQL's server (started by the tests themselves) for testing too.
 SERVE_PACKAGES = podman runc busybox-static
-TEST_PACKAGES = $(SERVE_PACKAGES) postgresql
+TEST_PACKAGES = $(SERVE_PACKAGES) postgresql openssh-server
 define install_missing
 	@MISSING=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$MISSING" ]; then \

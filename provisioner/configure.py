@@ -2,7 +2,8 @@
 
 Secrets: ``agent_config`` holds the node's token and reaches ansible only as extravars. Each run
 gets a fresh private data dir (mode 0700) that also holds ANSIBLE_HOME, the local and (for local
-connections) remote temp dirs and TMPDIR; it is deleted when the run ends, whatever the outcome.
+connections) remote temp dirs, (for SSH) ssh's control sockets, and TMPDIR; it is deleted when the
+run ends, whatever the outcome, after the run's ssh control masters are closed.
 ansible-runner copies the whole process environment into the run's environment and into
 ``artifacts/<ident>/command``: here that environment is replaced by a small allow-list before the
 run starts, so neither ansible nor the artifacts see the server's own secrets. ``os.environ`` is
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +52,22 @@ def _ansible_bin_dir() -> str:
         return str(here)
     found = shutil.which("ansible-playbook")
     return str(Path(found).parent) if found else str(here)
+
+
+def _close_ssh_masters(control_dir: str) -> None:
+    """Ends the ssh ControlPersist masters of a run: they would otherwise hold a session on the
+    node for another 60 s after the run, with their sockets already deleted (so of no use)."""
+    try:
+        sockets = [os.path.join(control_dir, name) for name in os.listdir(control_dir)]
+    except OSError:
+        return
+    for path in sockets:
+        try:
+            subprocess.run(["ssh", "-o", f"ControlPath={path}", "-O", "exit", "ansible-control-master"],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                           env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"})
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("could not close the ssh master %s: %s", path, exc)
 
 
 def _secret_strings(value) -> set[str]:
@@ -133,7 +151,7 @@ def configure_node(
             {
                 "ansible_host": host,
                 "ansible_port": int(ssh_port),
-                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
             }
         )
         if ssh_user:
@@ -173,6 +191,10 @@ def configure_node(
         }
         if connection == "local":
             envvars["ANSIBLE_REMOTE_TEMP"] = os.path.join(home, "remote_tmp")
+        else:
+            # ssh's ControlPersist masters (60 s) get their sockets here, not in ~/.ansible/cp,
+            # and are closed when the run ends (see _close_ssh_masters)
+            envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = os.path.join(home, "cp")
         log.info("configuring node %s in %s over %s", host, node_dir, connection)
         runner = init_runner(
             private_data_dir=pdd,
@@ -210,6 +232,8 @@ def configure_node(
     except Exception as exc:  # noqa: BLE001 - a configuration failure is a result, not a crash
         status, error = "error", f"{type(exc).__name__}: {exc}"
     finally:
+        if connection == "ssh":
+            _close_ssh_masters(os.path.join(pdd, "ansible", "cp"))
         shutil.rmtree(pdd, ignore_errors=True)
     if error:
         error = _redact(error, secrets)[:_MAX_ERROR]

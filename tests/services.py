@@ -3,14 +3,19 @@
 PostgreSQL: Debian's server binaries, a private cluster in a temporary directory on a free port,
 started with pg_ctl (no systemd on CI machines). initdb and pg_ctl refuse to run as root, so as
 root they run as the `postgres` user.
+
+sshd: Debian's openssh-server on a free port of 127.0.0.1, for configuring nodes over SSH.
 """
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -66,3 +71,99 @@ def create_database(base_url: str, name: str) -> str:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
         connection.execute(f'CREATE DATABASE "{name}"')
     return f"{base_url}/{name}"
+
+
+# --- sshd -------------------------------------------------------------------------------------
+# Debian's openssh-server, a private sshd on a free port of 127.0.0.1 with its own host key,
+# config, pid file and log under ``root`` (stack-notes 5). Never the system sshd on port 22.
+SSHD = Path("/usr/sbin/sshd")
+
+
+@dataclass
+class SshServer:
+    host: str
+    port: int
+    user: str
+    key_file: Path  # the client's private key, authorised for ``user``
+    log: Path
+    pid_file: Path  # the listening sshd's pid
+
+
+def _port_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.settimeout(0.5)
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+@contextmanager
+def sshd_server(root: Path, timeout: float = 15):
+    """Yields an SshServer: sshd listening on 127.0.0.1:<free port>, accepting root with a key."""
+    if not SSHD.exists():
+        raise RuntimeError(f"{SSHD} is missing: run `make test`, which installs openssh-server")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
+    host_key, client_key = root / "host_ed25519", root / "client_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "prominence-test", "-f", str(key)],
+                       check=True, capture_output=True)
+    authorized = root / "authorized_keys"
+    authorized.write_text(Path(f"{client_key}.pub").read_text())
+    authorized.chmod(0o600)
+    port = free_port()
+    config, log, pid_file = root / "sshd_config", root / "sshd.log", root / "sshd.pid"
+    config.write_text(
+        f"Port {port}\n"
+        "ListenAddress 127.0.0.1\n"
+        f"HostKey {host_key}\n"
+        f"AuthorizedKeysFile {authorized}\n"
+        f"PidFile {pid_file}\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        "StrictModes no\n"  # the files sit under /tmp (mode 1777)
+        "Subsystem sftp internal-sftp\n"
+    )
+    started = subprocess.run([str(SSHD), "-f", str(config), "-E", str(log)], capture_output=True, text=True)
+    if started.returncode != 0:
+        raise RuntimeError(f"sshd did not start (rc={started.returncode}): {started.stderr.strip()} "
+                           f"{log.read_text() if log.exists() else ''}")
+    try:
+        deadline = time.monotonic() + timeout
+        while not (pid_file.exists() and _port_answers("127.0.0.1", port)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not answer on 127.0.0.1:{port} within {timeout} s: "
+                                   f"{log.read_text() if log.exists() else ''}")
+            time.sleep(0.05)
+        yield SshServer(host="127.0.0.1", port=port, user="root", key_file=client_key, log=log, pid_file=pid_file)
+    finally:
+        _stop_sshd(pid_file)
+
+
+def _stop_sshd(pid_file: Path) -> None:
+    """Stops the listening sshd (its pid file's pid); sessions it forked end with their clients."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if pid <= 1:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
