@@ -1,12 +1,17 @@
 """/agent/v1 as a node's agent sees it, on SQLite and PostgreSQL: node tokens only, exactly-once
 claims, and reports from an attempt that is no longer current change nothing."""
+import socket
 import threading
 import time
 
-from sqlalchemy import insert, update
+import httpx
+from sqlalchemy import create_engine, insert, select, update
 
+from gateway.settings import Settings
+from schema.identity import TokenAuthority
 from schema.tables import jobs, nodes
 from tests.conftest import simple_job
+from tests.live import LiveServer
 
 
 def add_node(api, state="configuring") -> tuple[int, dict]:
@@ -140,3 +145,31 @@ def test_only_node_tokens_speak_the_agent_protocol(api):
     with api.client.app.state.engine.begin() as connection:
         connection.execute(update(nodes).where(nodes.c.id == node_id).values(state="deleted"))
     assert agent(api, "POST", "/heartbeat", headers, json={"running": []}).status_code == 403
+
+
+def test_an_agent_that_hangs_up_while_waiting_claims_nothing(tmp_path):
+    """A long-poll claim whose agent died (its connection closed) must not take the jobs assigned
+    meanwhile: they would count as running on a dead node until it is declared lost."""
+    database = f"sqlite:///{tmp_path / 'state.db'}"
+    with LiveServer(tmp_path / "data", database) as server:
+        engine = create_engine(database)
+        with engine.begin() as connection:
+            node_id = connection.execute(insert(nodes).values(
+                cloud="local", name="n-1", state="ready", cpus=4, memory_mb=8192, disk_gb=100, site="local",
+                region="", info={}, created_at=time.time()).returning(nodes.c.id)).scalar_one()
+        node_token = TokenAuthority(Settings.load(str(server.data_dir), database).secret).issue_node_token(node_id)
+        job_id = httpx.post(f"{server.url}/v1/jobs", json=simple_job(),
+                            headers={"Authorization": f"Bearer {server.token()}"}).json()["id"]
+
+        hung_up = socket.create_connection(("127.0.0.1", server.port))
+        hung_up.sendall(f"POST /agent/v1/claim?wait=10 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                        f"Authorization: Bearer {node_token}\r\n\r\n".encode())
+        time.sleep(0.5)
+        hung_up.close()
+        with engine.begin() as connection:
+            connection.execute(update(jobs).where(jobs.c.id == job_id).values(node_id=node_id))
+        time.sleep(2.5)  # the waiting claim looks again at least every second
+        with engine.connect() as connection:
+            assert connection.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar_one() == "idle"
+        claimed = httpx.post(f"{server.url}/agent/v1/claim?wait=0", headers={"Authorization": f"Bearer {node_token}"})
+        assert [job["id"] for job in claimed.json()["jobs"]] == [job_id]

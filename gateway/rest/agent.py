@@ -56,7 +56,7 @@ async def heartbeat(request: Request) -> Response:
 async def claim(request: Request) -> Response:
     node = _node_id(request)
     wait = min(float(integer(request, "wait", default=20, minimum=0)), MAX_CLAIM_WAIT)
-    return JSONResponse({"jobs": await request.app.state.agent.claim(node, wait)})
+    return JSONResponse({"jobs": await request.app.state.agent.claim(node, wait, request.is_disconnected)})
 
 
 async def output(request: Request) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,16 @@ class AgentService:
             "url": f"{self._public_url}/v1",
         } for row in claimed]
 
-    async def claim(self, node_id: int, wait: float) -> list[dict[str, Any]]:
-        """The jobs assigned to this node, waiting up to `wait` seconds for some."""
+    async def claim(self, node_id: int, wait: float,
+                    agent_gone: Callable[[], Awaitable[bool]]) -> list[dict[str, Any]]:
+        """The jobs assigned to this node, waiting up to `wait` seconds for some. An agent that
+        died while it waited must not claim jobs: the answer would go nowhere and the jobs would
+        count as running until the node is declared lost."""
         deadline = time.monotonic() + wait
         while True:
             with self._assigned.listener() as woken:
+                if await agent_gone():
+                    return []
                 claimed = await to_thread.run_sync(self._claim, node_id)
                 remaining = deadline - time.monotonic()
                 if claimed or remaining <= 0:
