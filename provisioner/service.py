@@ -157,7 +157,11 @@ class Provisioner:
                                 node.disk_gb - (used.disk_gb if used else 0))
 
     def _assign(self, node_rows: list[Any], load: dict[int, Any], waiting: list[matcher.Demand]) -> None:
-        ready = [self._free(n, load) for n in node_rows if n.state == "ready"]
+        # A node that has missed two heartbeats gets no new work: it may be dead, and a job
+        # given to it would wait for the heartbeat timeout before going elsewhere.
+        fresh_since = time.time() - 2 * self._config.heartbeat_interval
+        ready = [self._free(n, load) for n in node_rows
+                 if n.state == "ready" and (n.last_heartbeat or 0) >= fresh_since]
         placed = matcher.match(waiting, ready)
         if not placed:
             return
