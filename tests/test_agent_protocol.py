@@ -14,12 +14,15 @@ from tests.conftest import simple_job
 from tests.live import LiveServer
 
 
-def add_node(api, state="configuring") -> tuple[int, dict]:
-    engine = api.client.app.state.engine
+def insert_node(engine, state: str) -> int:
     with engine.begin() as connection:
-        node_id = connection.execute(insert(nodes).values(
+        return connection.execute(insert(nodes).values(
             cloud="local", name=f"n-{time.monotonic_ns()}", state=state, cpus=4, memory_mb=8192, disk_gb=100,
             site="local", region="", info={}, created_at=time.time()).returning(nodes.c.id)).scalar_one()
+
+
+def add_node(api, state="configuring") -> tuple[int, dict]:
+    node_id = insert_node(api.client.app.state.engine, state)
     return node_id, {"Authorization": f"Bearer {api.tokens.issue_node_token(node_id)}"}
 
 
@@ -153,10 +156,7 @@ def test_an_agent_that_hangs_up_while_waiting_claims_nothing(tmp_path):
     database = f"sqlite:///{tmp_path / 'state.db'}"
     with LiveServer(tmp_path / "data", database) as server:
         engine = create_engine(database)
-        with engine.begin() as connection:
-            node_id = connection.execute(insert(nodes).values(
-                cloud="local", name="n-1", state="ready", cpus=4, memory_mb=8192, disk_gb=100, site="local",
-                region="", info={}, created_at=time.time()).returning(nodes.c.id)).scalar_one()
+        node_id = insert_node(engine, "ready")
         node_token = TokenAuthority(Settings.load(str(server.data_dir), database).secret).issue_node_token(node_id)
         job_id = httpx.post(f"{server.url}/v1/jobs", json=simple_job(),
                             headers={"Authorization": f"Bearer {server.token()}"}).json()["id"]
