@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import psycopg  # noqa: E402
-from sqlalchemy import func, insert, select, text  # noqa: E402
+from sqlalchemy import insert, select, text  # noqa: E402
 
 from gateway.services.batcher import allocate_ids  # noqa: E402
 from schema.db import make_engine  # noqa: E402
@@ -116,6 +118,7 @@ async def submit_load(server: LiveServer, token: str, connections: int, warmup: 
     ok = {"warmup": 0, "measured": 0, "after": 0}
     errors: dict[str, int] = {}
     latencies: list[float] = []
+    acknowledged: list[int] = []  # the ids of every 201, compared with the database's afterwards
 
     async def worker() -> None:
         conn = Connection("127.0.0.1", server.port)
@@ -131,9 +134,15 @@ async def submit_load(server: LiveServer, token: str, connections: int, warmup: 
                 continue
             phase = "measured" if state["measuring"] else ("after" if state["stop"] else "warmup")
             if status == 201:
+                took = time.perf_counter() - started
+                try:
+                    acknowledged.append(json.loads(body)["id"])
+                except (ValueError, KeyError, TypeError):
+                    errors["201 without an id"] = errors.get("201 without an id", 0) + 1
+                    continue
                 ok[phase] += 1
                 if phase == "measured":
-                    latencies.append(time.perf_counter() - started)
+                    latencies.append(took)
             else:
                 key = f"HTTP {status}"
                 errors[key] = errors.get(key, 0) + 1
@@ -154,6 +163,7 @@ async def submit_load(server: LiveServer, token: str, connections: int, warmup: 
     await asyncio.gather(*tasks)
     latencies.sort()
     return {
+        "acknowledged_ids": acknowledged,
         "submissions_per_s": round(ok["measured"] / elapsed, 1),
         "submissions_measured": ok["measured"],
         "submissions_total": sum(ok.values()),
@@ -172,12 +182,12 @@ async def submit_load(server: LiveServer, token: str, connections: int, warmup: 
 
 # --- phase 2: listing latency with 100,000 stored jobs --------------------------------------------
 
-def store_jobs(database_url: str, total: int, active: int) -> list[int]:
+def store_jobs(database_url: str, total: int, active: int) -> tuple[list[int], int]:
     """`total` jobs of LISTER in one bulk Core insert: `active` idle ones, the rest completed.
 
     Each row is a copy of a job that phase 1 submitted through the API (so it has every column
     the service sets, whatever the schema is today), with its own id, owner, status and times.
-    Returns the ids of the active jobs.
+    Returns the ids of the active jobs and the id of the most recently finished one.
     """
     engine = make_engine(database_url)
     now = int(time.time())
@@ -199,21 +209,31 @@ def store_jobs(database_url: str, total: int, active: int) -> list[int]:
             # What autovacuum does soon after a bulk load; without it the planner has no statistics.
             with engine.begin() as connection:
                 connection.execute(text("ANALYZE jobs"))
-        return list(ids)[total - active:]
+        last_finished = max(rows[:total - active], key=lambda row: (row["end_time"], row["id"]))["id"]
+        return list(ids)[total - active:], last_finished
     finally:
         engine.dispose()
 
 
-def count_jobs(database_url: str, owner: str) -> int:
+def stored_ids(database_url: str, owner: str) -> list[int]:
     engine = make_engine(database_url)
     try:
         with engine.connect() as connection:
-            return connection.execute(select(func.count()).select_from(jobs).where(jobs.c.owner == owner)).scalar_one()
+            return list(connection.execute(select(jobs.c.id).where(jobs.c.owner == owner)).scalars())
     finally:
         engine.dispose()
 
 
-async def latency(server: LiveServer, token: str, path: str, requests: int, expect: int | None = None) -> dict:
+def listed(body: bytes) -> list[tuple[int, str]]:
+    """The (id, status) of each job in a listing, in its order."""
+    try:
+        return [(job["id"], job["status"]) for job in json.loads(body)]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+async def latency(server: LiveServer, token: str, path: str, requests: int, expected: list[tuple[int, str]]) -> dict:
+    """Sequential GETs of `path`; every answer must list exactly the `expected` (id, status) pairs."""
     raw = build_request("GET", path, f"127.0.0.1:{server.port}", token)
     conn = Connection("127.0.0.1", server.port)
     samples, errors = [], 0
@@ -221,11 +241,11 @@ async def latency(server: LiveServer, token: str, path: str, requests: int, expe
         started = time.perf_counter()
         status, body = await conn.request(raw)
         took = time.perf_counter() - started
-        if status != 200:
+        if status != 200 or listed(body) != expected:
+            if errors == 0:
+                print(f"bench: GET {path}: HTTP {status}, not the expected jobs: {body[:200]!r}", file=sys.stderr)
             errors += 1
             continue
-        if n == 0 and expect is not None and len(json.loads(body)) != expect:
-            raise RuntimeError(f"GET {path} returned {len(json.loads(body))} jobs, expected {expect}")
         if n >= 10:  # the first ones warm the server's caches and connection pool
             samples.append(took)
     conn.close()
@@ -274,20 +294,25 @@ def run_backend(backend: str, database_url: str, root: Path, args: argparse.Name
         # LiveServer runs `serve --no-provisioner`: the gateway alone, as in a split deployment.
         result: dict = {"benchmark": "submit", "backend": backend, "provisioner": False}
         result.update(asyncio.run(submit_load(server, submit_token, args.connections, args.warmup, args.duration)))
-        stored = count_jobs(database_url, SUBMITTER)
-        result["stored_matches_201s"] = stored == result["submissions_total"]
+        # Every acknowledged job is stored, once, and nothing else is: the ids, not just the counts.
+        acknowledged, stored = result.pop("acknowledged_ids"), stored_ids(database_url, SUBMITTER)
+        result["stored_matches_201s"] = len(acknowledged) == len(set(acknowledged)) and set(acknowledged) == set(stored)
+        result["acknowledged_not_stored"] = len(set(acknowledged) - set(stored))
+        result["stored_not_acknowledged"] = len(set(stored) - set(acknowledged))
 
         loaded = time.perf_counter()
-        active_ids = store_jobs(database_url, args.jobs, args.active)
+        active_ids, last_finished = store_jobs(database_url, args.jobs, args.active)
         result["bulk_insert_s"] = round(time.perf_counter() - loaded, 2)
-        result["stored_jobs"] = args.jobs + stored
+        result["stored_jobs"] = args.jobs + len(stored)
 
         async def measure() -> dict:
             out = {}
-            active = await latency(server, list_token, "/v1/jobs?num=1", args.requests, expect=args.active)
-            done = await latency(server, list_token, "/v1/jobs?completed=true&num=1", args.requests, expect=1)
-            one = await latency(server, list_token, f"/v1/jobs/{active_ids[len(active_ids) // 2]}", args.requests,
-                                expect=1)
+            one_id = active_ids[len(active_ids) // 2]
+            active = await latency(server, list_token, "/v1/jobs?num=1", args.requests,
+                                   expected=[(job_id, "idle") for job_id in active_ids])
+            done = await latency(server, list_token, "/v1/jobs?completed=true&num=1", args.requests,
+                                 expected=[(last_finished, "completed")])
+            one = await latency(server, list_token, f"/v1/jobs/{one_id}", args.requests, expected=[(one_id, "idle")])
             for name, figures in (("list", active), ("list_completed", done), ("get", one)):
                 out[f"{name}_median_ms"] = figures["median_ms"]
                 out[f"{name}_p95_ms"] = figures["p95_ms"]
@@ -304,6 +329,16 @@ def run_backend(backend: str, database_url: str, root: Path, args: argparse.Name
         return result
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def database(backend: str, root: Path, name: str) -> Iterator[str]:
+    """The URL of a new database of `backend`: SQLite in `root`, or a private PostgreSQL cluster."""
+    if backend == "sqlite":
+        yield f"sqlite:///{root / 'state.db'}"
+        return
+    with postgres_server() as base:
+        yield create_database(base, name)
 
 
 def main() -> int:
@@ -329,12 +364,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix=f"bench-{backend}-") as tmp:
             root = Path(tmp)
             try:
-                if backend == "sqlite":
-                    result = run_backend(backend, f"sqlite:///{root / 'state.db'}", root, args)
-                else:
-                    with postgres_server() as base:
-                        result = run_backend(backend, create_database(base, "bench_submit"), root, args)
-                        with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://") + "/postgres") as pg:
+                with database(backend, root, "bench_submit") as url:
+                    result = run_backend(backend, url, root, args)
+                    if backend == "postgresql":
+                        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as pg:
                             result["postgresql"] = pg.execute("SHOW server_version").fetchone()[0]
             except Exception as error:  # report and go on with the other backend
                 failed = True
@@ -345,7 +378,7 @@ def main() -> int:
         result["targets"] = TARGETS
         result["machine"] = machine()
         print(json.dumps(result), flush=True)
-        failed = failed or bool(result.get("errors"))
+        failed = failed or bool(result.get("errors")) or not result.get("stored_matches_201s")
     return 1 if failed else 0
 
 

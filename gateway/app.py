@@ -1,14 +1,17 @@
-"""The Starlette app factory: wires settings, the database, the services and the routes."""
+"""The Starlette app factory: wires settings, the database, the services and the routes; and the
+HTTP protocol uvicorn serves it with."""
 import contextlib
 import logging
+import sys
 
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy import text
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from schema.identity import TokenAuthority
 from gateway.errors import ApiError
@@ -22,19 +25,20 @@ from gateway.services.jobs import JobService
 from gateway.settings import Settings
 from gateway.storage import ObjectStore
 from schema.signals import Signal
-from schema.db import make_engine, upgrade
+from schema.db import make_engine, reading, upgrade
 
 log = logging.getLogger("prominence.gateway")
 
 
 def _database_answers(engine) -> None:
-    with engine.connect() as connection:
+    with reading(engine) as connection:  # on SQLite, no write lock: it never queues behind a writer
         connection.execute(text("SELECT 1"))
 
 
 async def health(request: Request) -> Response:
     try:
-        await run_in_threadpool(_database_answers, request.app.state.engine)
+        # Its own thread: a health check never waits behind other requests for a worker thread.
+        await to_thread.run_sync(_database_answers, request.app.state.engine, limiter=request.app.state.health_threads)
     except Exception:
         log.exception("health check failed")
         return JSONResponse({"errors": "DATABASE"}, status_code=409)
@@ -46,7 +50,7 @@ async def openapi(request: Request) -> Response:
 
 
 async def api_error(request: Request, error: ApiError) -> Response:
-    return JSONResponse({"error": error.message}, status_code=error.status)
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
 
 
 async def http_error(request: Request, error: HTTPException) -> Response:
@@ -63,7 +67,8 @@ def build_provisioner(settings: Settings, engine, tokens: TokenAuthority, jobs_c
 
     cloud = LocalCloud.this_machine(settings.data_dir / "nodes", settings.local_cpus, settings.local_memory_mb)
     config = ProvisionerConfig(gateway_url=settings.public_url, cloud=cloud, service_id=service_id(settings.data_dir),
-                               idle_timeout=settings.idle_timeout, heartbeat_timeout=settings.heartbeat_timeout)
+                               idle_timeout=settings.idle_timeout, heartbeat_timeout=settings.heartbeat_timeout,
+                               agent_gateway_timeout=settings.agent_gateway_timeout)
     return Provisioner(engine, config, tokens, jobs_changed, assigned)
 
 
@@ -83,6 +88,11 @@ def create_app(settings: Settings) -> Starlette:
         app.state.agent = AgentService(engine, tokens, store, settings.data_dir, settings.public_url,
                                        jobs_changed, assigned)
         app.state.openapi = openapi_document()
+        app.state.health_threads = CapacityLimiter(1)
+        # Threads that wait on I/O (the event loop, database calls) get the GIL back within 1 ms
+        # instead of 5 while listings keep other threads busy: a health check takes a dozen turns.
+        sys.setswitchinterval(0.001)
+        app.state.client_timeout = settings.client_timeout
         provisioner = (build_provisioner(settings, engine, tokens, jobs_changed, assigned)
                        if settings.run_provisioner else None)
         if provisioner:
@@ -102,3 +112,56 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
     )
+
+
+class TimedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request's line and headers. uvicorn has
+    none: a client that sends its headers a byte at a time, or nothing at all after connecting,
+    would keep its connection (and its buffers) for as long as it likes. The deadline runs from
+    the connection (for its first request) or from the first byte of a later request on it; a
+    client that misses it gets a 408 and the connection is closed. Bodies are timed by read_body."""
+
+    header_timeout = 20.0
+    _head_timer = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:
+            self._start_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a pipelined request stalled behind an answer still being sent
+            return
+        body = f'{{"error": "The request headers were not received within {self.header_timeout:g} seconds"}}'.encode()
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+
+def http_protocol(client_timeout: float) -> type[TimedHttpProtocol]:
+    """The protocol class to give uvicorn (`http=`), with the server's client timeout."""
+    return type("TimedHttpProtocol", (TimedHttpProtocol,), {"header_timeout": client_timeout})

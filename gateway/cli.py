@@ -12,17 +12,35 @@ from gateway.settings import Settings
 def _settings(args: argparse.Namespace, **extra) -> Settings:
     return Settings.load(args.data_dir, args.database_url, args.public_url, args.host, args.port,
                          idle_timeout=args.idle_timeout, heartbeat_timeout=args.heartbeat_timeout,
-                         local_cpus=args.local_cpus, local_memory_mb=args.local_memory_mb, **extra)
+                         local_cpus=args.local_cpus, local_memory_mb=args.local_memory_mb,
+                         agent_gateway_timeout=args.agent_gateway_timeout,
+                         client_timeout=getattr(args, "client_timeout", None), **extra)
 
 
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, http_protocol
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Agents' claims long-poll for 20 s: they answer at once, so the graceful shutdown
+            # does not wait for them (nor cancel them with a traceback in the log).
+            if hasattr(app.state, "agent"):
+                app.state.agent.stop_claims()
+            super().handle_exit(sig, frame)
 
     settings = _settings(args, run_provisioner=not args.no_provisioner)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=args.access_log,
-                log_level=os.environ.get("PROMINENCE_LOG_LEVEL", "info"))
+    app = create_app(settings)
+    # A bounded graceful shutdown all the same: a second Ctrl-C while uvicorn waits for slow
+    # requests would skip the shutdown that stops the local nodes.
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log,
+                                   log_level=os.environ.get("PROMINENCE_LOG_LEVEL", "info"),
+                                   timeout_graceful_shutdown=3, http=http_protocol(settings.client_timeout)))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down (as uvicorn.run ignores it)
+        pass
 
 
 def _provisioner(args: argparse.Namespace) -> None:
@@ -77,7 +95,13 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--local-cpus", type=int, help="cpus of the local cloud (default: this machine's)")
         command.add_argument("--local-memory-mb", type=int,
                              help="memory of the local cloud (default: this machine's)")
+        command.add_argument("--agent-gateway-timeout", type=float,
+                             help="seconds a node's agent goes on without reaching the gateway before it "
+                                  "stops its jobs and exits (default 900)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--client-timeout", type=float,
+                       help="seconds a client has to send a request's headers, and its body (per MiB); "
+                            "slower clients are cut off (default 20)")
     serve.add_argument("--no-provisioner", action="store_true",
                        help="do not create nodes or schedule jobs here (run `provisioner` apart)")
     serve.set_defaults(run=_serve)

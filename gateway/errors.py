@@ -2,10 +2,11 @@
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class BadRequest(ApiError):
@@ -26,3 +27,10 @@ class Forbidden(ApiError):
 class NotFound(ApiError):
     def __init__(self, message: str):
         super().__init__(404, message)
+
+
+class RequestTimeout(ApiError):
+    """The client sent its request too slowly; the connection is closed after the answer."""
+
+    def __init__(self, message: str):
+        super().__init__(408, message, {"Connection": "close"})

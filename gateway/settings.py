@@ -20,6 +20,8 @@ class Settings:
     heartbeat_timeout: float = 60.0  # seconds without a heartbeat before a node is lost
     local_cpus: int | None = None  # size of the `local` cloud (default: this machine)
     local_memory_mb: int | None = None
+    agent_gateway_timeout: float = 900.0  # seconds an agent without the gateway keeps its jobs running
+    client_timeout: float = 20.0  # seconds a client has to send a request's headers, and its body (per MiB)
 
     @classmethod
     def load(cls, data_dir: str | None = None, database_url: str | None = None, public_url: str | None = None,
@@ -28,7 +30,8 @@ class Settings:
         path.mkdir(parents=True, exist_ok=True)
         url = database_url or os.environ.get("PROMINENCE_DATABASE_URL") or f"sqlite:///{path / 'prominence.db'}"
         public = public_url or os.environ.get("PROMINENCE_PUBLIC_URL") or f"http://{host}:{port}"
-        for name in ("idle_timeout", "heartbeat_timeout", "local_cpus", "local_memory_mb"):
+        for name in ("idle_timeout", "heartbeat_timeout", "local_cpus", "local_memory_mb", "agent_gateway_timeout",
+                     "client_timeout"):
             if options.get(name) is None and (value := _env_number(f"PROMINENCE_{name.upper()}")) is not None:
                 options[name] = int(value) if name.startswith("local_") else value
         options = {k: v for k, v in options.items() if v is not None}

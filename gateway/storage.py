@@ -48,7 +48,9 @@ class ObjectStore:
         query = urlencode({"expires": expires, "signature": self._signature(key, expires)})
         return f"{self._public_url}/v1/storage/{quote(key)}?{query}"
 
-    def check_signature(self, key: str, expires: str, signature: str) -> bool:
-        if not expires.isdigit() or int(expires) < time.time():
+    def check_signature(self, key: str, expires: int | None, signature: str) -> bool:
+        """Whether a download URL is one this store signed and has not expired (`expires`: None
+        when the URL's value is not an integer)."""
+        if expires is None or expires < time.time():
             return False
-        return hmac.compare_digest(self._signature(key, int(expires)), signature)
+        return hmac.compare_digest(self._signature(key, expires).encode(), signature.encode())

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -23,10 +23,18 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A writer takes the write lock when it begins, so that a claim's read and update
+            # cannot race another writer's. A reader (execution option read_only, see reading())
+            # needs no lock in WAL mode: it reads a snapshot and holds up no writer meanwhile.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("read_only") else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection for reads only (long listings): on SQLite it takes no write lock."""
+    return engine.connect().execution_options(read_only=True)
 
 
 def upgrade(engine: Engine) -> None:

@@ -1,8 +1,9 @@
 """Tokens (DESIGN.md 3.2): HS256 JWTs signed with the service's secret, and who they stand for.
 
 Three kinds share one secret: user tokens (`prominence-server token create`), job tokens (given
-to a running job as PROMINENCE_TOKEN, acting as the job's user without admin rights) and node
-tokens (given to a node's agent, valid only for that node). The gateway verifies them; the
+to a running job as PROMINENCE_TOKEN, acting as the job's user without admin rights, only while
+that job runs that attempt: the gateway checks the job's row on every use) and node tokens (given
+to a node's agent, valid only for that node). The gateway verifies them; the
 provisioner issues node tokens when it creates a node.
 """
 import time
@@ -26,6 +27,7 @@ class Identity:
     email: str | None = None
     admin: bool = False
     job_id: int | None = None  # set for a job token
+    attempt: int | None = None  # a job token's attempt: the token dies with it
     node_id: int | None = None  # set for a node token (username is then "node-<id>")
 
 
@@ -47,8 +49,9 @@ class TokenAuthority:
             claims["admin"] = True
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
-    def issue_job_token(self, job_id: int, username: str, groups: tuple[str, ...], days: float = 30) -> str:
-        return self.issue(username, groups, days=days, job=job_id)
+    def issue_job_token(self, job_id: int, attempt: int, username: str, groups: tuple[str, ...],
+                        lifetime_s: float) -> str:
+        return self.issue(username, groups, days=lifetime_s / 86400, job=job_id, attempt=attempt)
 
     def issue_node_token(self, node_id: int, days: float = 365) -> str:
         return self.issue(f"node-{node_id}", days=days, node=node_id)
@@ -60,13 +63,14 @@ class TokenAuthority:
             raise InvalidToken() from None
         username = claims.get("preferred_username") or claims.get("sub")
         groups = claims.get("groups") or ()
-        job, node = claims.get("job"), claims.get("node")
+        job, attempt, node = claims.get("job"), claims.get("attempt"), claims.get("node")
         if (not isinstance(username, str) or not username or not isinstance(groups, (list, tuple))
-                or not isinstance(job, (int, type(None))) or not isinstance(node, (int, type(None)))):
+                or not all(isinstance(n, (int, type(None))) for n in (job, attempt, node))
+                or (job is None) != (attempt is None)):  # a job token without its attempt is refused
             raise InvalidToken()
         identity = Identity(username=username, groups=tuple(str(g) for g in groups),
                             email=claims.get("email"), admin=claims.get("admin") is True and job is None,
-                            job_id=job, node_id=node)
+                            job_id=job, attempt=attempt, node_id=node)
         return identity, int(claims["exp"])
 
     def verify(self, authorization: str | None) -> Identity:

@@ -195,7 +195,8 @@ def test_users_see_only_their_own_jobs(api):
     assert api.request("GET", f"/jobs/{theirs}/stderr", "alice").status_code == 403
     assert api.request("PUT", f"/jobs/{theirs}/clone", "alice").status_code == 403
     assert api.request("PUT", f"/jobs/{theirs}/remove", "alice").status_code == 403
-    assert api.request("DELETE", f"/jobs/{theirs}", "alice").status_code == 400
+    deleted = api.request("DELETE", f"/jobs/{theirs}", "alice")  # as unknown: other users' ids are not told
+    assert deleted.status_code == 404 and deleted.json() == {"error": "No such job(s)"}
     [job] = api.request("GET", f"/jobs/{theirs}", "bob").json()
     assert job["status"] == "idle"
 
@@ -285,7 +286,7 @@ def test_delete_idle_job(api):
 def test_delete_several_is_all_or_nothing(api):
     a, b = api.submit(), api.submit()
     response = api.request("DELETE", f"/jobs?id={a},{b},987654")
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert response.json() == {"error": "No such job(s)"}
     assert {j["status"] for j in api.request("GET", "/jobs").json()} == {"idle"}
     assert api.request("DELETE", f"/jobs?id={a},{b}").status_code == 200
@@ -325,7 +326,8 @@ def test_clone_resubmits_the_stored_description(api):
     for key in ("name", "labels", "tasks", "resources"):
         assert new[key] == old[key]
     assert new["status"] == "idle"
-    assert api.request("PUT", "/jobs/5555/clone").status_code == 400
+    unknown = api.request("PUT", "/jobs/5555/clone")
+    assert unknown.status_code == 404 and unknown.json() == {"error": "Job does not exist"}
 
 
 def test_stdout_and_stderr(api):
@@ -362,3 +364,10 @@ def test_openapi_document_is_generated_from_the_request_models(api):
     assert "cpusRange" in schemas["Resources"]["properties"]
     assert {"get", "post", "delete"} <= set(document["paths"]["/jobs"])
     assert "/jobs/{job_id}/stdout" in document["paths"]
+    # What the service accepts, so that requests generated from it are meaningful.
+    assert {s["type"] for s in schemas["Task"]["properties"]["args"]["anyOf"]} == {"string", "array", "null"}
+    memory = schemas["Resources"]["properties"]["memory"]["anyOf"][0]
+    assert (memory["minimum"], memory["maximum"]) == (0.01, 100_000)
+    assert schemas["Task"]["properties"]["image"]["pattern"].startswith("^")
+    assert "404" in document["paths"]["/jobs/{job_id}/clone"]["put"]["responses"]
+    assert "404" in document["paths"]["/jobs/{job_id}"]["delete"]["responses"]

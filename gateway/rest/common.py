@@ -1,15 +1,26 @@
 """What every /v1 route needs: the caller's identity, bounded bodies, typed query parameters."""
+import asyncio
+import re
+
 from starlette.requests import Request
 
 from schema.identity import Identity, InvalidToken
-from gateway.errors import BadRequest, Unauthorized
+from gateway.errors import BadRequest, RequestTimeout, Unauthorized
 from schema.jobspec import MAX_BODY_BYTES
 
-MAX_ID = 2**63 - 1
+MAX_ID = 2**63 - 1  # ids, offsets and attempts fit a BIGINT
+# ASCII digits only: int() also takes other scripts' digits ('١٢'), '1_000' and blanks, and
+# str.isdigit() takes '²', which int() then refuses.
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 
-def identity(request: Request) -> Identity:
+def ascii_int(raw: str) -> int | None:
+    """The integer `raw` spells in ASCII digits (at most 19 of them), else None."""
+    return int(raw) if _INTEGER.fullmatch(raw) else None
+
+
+async def identity(request: Request) -> Identity:
     """The user (or job, acting as its user) behind the request's bearer token."""
     try:
         who = request.app.state.tokens.verify(request.headers.get("authorization"))
@@ -17,19 +28,28 @@ def identity(request: Request) -> Identity:
         raise Unauthorized() from None
     if who.node_id is not None:  # node tokens are for the agent protocol only
         raise Unauthorized()
+    if who.job_id is not None and not await request.app.state.jobs.runs(who.job_id, who.attempt, who.username):
+        raise Unauthorized()  # a job token dies with its attempt: finished, deleted or requeued
     return who
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    too_large = BadRequest(f"Request body is larger than the limit of {limit} bytes (1 MiB)")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    """The whole body, at most `limit` bytes, received within the server's client timeout for each
+    MiB it may have (so a client that trickles its body cannot hold a request open for long)."""
+    too_large = BadRequest(f"Request body is larger than the limit of {limit} bytes ({limit / (1 << 20):g} MiB)")
+    length = ascii_int(request.headers.get("content-length", ""))
+    if length is not None and length > limit:
         raise too_large
+    timeout = request.app.state.client_timeout * max(1.0, limit / MAX_BODY_BYTES)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async with asyncio.timeout(timeout):  # uvicorn runs asyncio; anyio's fail_after costs twice as much
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+    except TimeoutError:
+        raise RequestTimeout(f"The request body was not received within {timeout:g} seconds") from None
     return bytes(body)
 
 
@@ -43,21 +63,17 @@ def integer(request: Request, name: str, default: int, minimum: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
+    value = ascii_int(raw.strip())
+    if value is None:
+        raise BadRequest(f"{name} must be an integer")
     if not minimum <= value <= MAX_ID:
-        raise BadRequest(f"{name} must be an integer of at least {minimum}")
+        raise BadRequest(f"{name} must be an integer of at least {minimum} and at most {MAX_ID}")
     return value
 
 
 def id_list(raw: str, name: str = "id") -> list[int]:
-    try:
-        ids = [int(part) for part in raw.split(",") if part.strip()]
-    except ValueError:
-        raise BadRequest(f"{name} must be a comma-separated list of integer ids") from None
-    if not ids or any(not 0 < i <= MAX_ID for i in ids):
+    ids = [ascii_int(part.strip()) for part in raw.split(",") if part.strip()]
+    if not ids or any(i is None or not 0 < i <= MAX_ID for i in ids):
         raise BadRequest(f"{name} must be a comma-separated list of positive integer ids")
     return ids
 

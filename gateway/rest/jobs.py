@@ -1,7 +1,7 @@
 """/v1/jobs: the routes of the real PROMINENCE jobs API, translated to JobService calls."""
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
@@ -13,6 +13,9 @@ from schema.jobspec import JobSpec, describe_errors
 
 def _query(request: Request) -> JobQuery:
     params = request.query_params
+    for text in ("name", "constraint"):  # compared in SQL, where PostgreSQL refuses NUL characters
+        if any("\x00" in value for value in params.getlist(text)):
+            raise BadRequest(f"{text} must not contain NUL characters")
     query = JobQuery(completed=flag(request, "completed"), all=flag(request, "all"),
                      detail=flag(request, "detail"), workflow=flag(request, "workflow"),
                      name=params.get("name"))
@@ -36,12 +39,12 @@ def _query(request: Request) -> JobQuery:
 
 
 async def list_jobs(request: Request) -> Response:
-    who = identity(request)
-    return JSONResponse(await request.app.state.jobs.list(who, _query(request)))
+    who = await identity(request)
+    return Response(await request.app.state.jobs.list(who, _query(request)), media_type="application/json")
 
 
 async def create_job(request: Request) -> Response:
-    who = identity(request)
+    who = await identity(request)
     try:
         spec = JobSpec.model_validate_json(await read_body(request))
     except ValidationError as error:
@@ -50,12 +53,12 @@ async def create_job(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
-    who = identity(request)
+    who = await identity(request)
     return JSONResponse([await request.app.state.jobs.get(who, path_id(request))])
 
 
 async def delete_jobs(request: Request) -> Response:
-    who = identity(request)
+    who = await identity(request)
     if "job_id" in request.path_params:
         ids = [path_id(request)]
     elif (raw := request.query_params.get("id")) is not None:
@@ -67,22 +70,22 @@ async def delete_jobs(request: Request) -> Response:
 
 
 async def clone_job(request: Request) -> Response:
-    who = identity(request)
+    who = await identity(request)
     return JSONResponse({"id": await request.app.state.jobs.clone(who, path_id(request))}, status_code=201)
 
 
 async def remove_job(request: Request) -> Response:
-    who = identity(request)
+    who = await identity(request)
     await request.app.state.jobs.remove(who, path_id(request))
     return JSONResponse({})
 
 
 async def job_output(request: Request) -> Response:
-    who = identity(request)
+    who = await identity(request)
     stream = request.url.path.rsplit("/", 1)[1]
-    data = await request.app.state.jobs.read_output(
+    pieces = await request.app.state.jobs.read_output(
         who, path_id(request), stream, node=integer(request, "node", 0, 0), offset=integer(request, "offset", 0, 0))
-    return Response(data, media_type="text/plain; charset=utf-8")
+    return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")
 
 
 routes = [

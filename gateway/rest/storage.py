@@ -4,13 +4,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import ApiError, Forbidden
+from gateway.rest.common import ascii_int
 
 
 async def download(request: Request) -> Response:
     store = request.app.state.store
     key = request.path_params["key"]
     params = request.query_params
-    if not store.check_signature(key, params.get("expires", ""), params.get("signature", "")):
+    if not store.check_signature(key, ascii_int(params.get("expires", "")), params.get("signature", "")):
         raise Forbidden("The link is invalid or has expired")
     chunks = store.get(key)
     if chunks is None:

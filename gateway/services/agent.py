@@ -8,12 +8,13 @@ by two nodes.
 from __future__ import annotations
 
 import math
+import posixpath
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from anyio import to_thread
+from anyio import from_thread, to_thread
 from sqlalchemy import Engine, and_, func, select, update
 
 from gateway.errors import BadRequest, Forbidden
@@ -21,11 +22,25 @@ from gateway.services.jobs import output_path
 from gateway.storage import ObjectStore
 from schema.enums import JobStatus
 from schema.identity import TokenAuthority
+from schema.jobspec import DEFAULT_WALLTIME_MINUTES
 from schema.lifecycle import finished, infrastructure_failure
 from schema.signals import Signal, wait_for_event
 from schema.tables import jobs, nodes
 
 _GONE = ("deleting", "deleted", "failed", "lost")
+# A job token outlives the walltime by this much: the image pull (up to 30 min) and the stage-in
+# come first. The gateway also refuses it as soon as the attempt is over.
+JOB_TOKEN_MARGIN_S = 3600
+
+
+def job_token_lifetime(spec: dict[str, Any]) -> int:
+    return 60 * (spec["resources"].get("walltime") or DEFAULT_WALLTIME_MINUTES) + JOB_TOKEN_MARGIN_S
+
+
+def output_key(job_id: int, name: str, is_dir: bool) -> str:
+    """Each declared output its own object: the whole relative path, files and dirs apart."""
+    path = posixpath.normpath(name)
+    return f"scratch/{job_id}/dirs/{path}.tgz" if is_dir else f"scratch/{job_id}/files/{path}"
 
 
 class AgentService:
@@ -38,6 +53,13 @@ class AgentService:
         self._public_url = public_url
         self._jobs_changed = jobs_changed
         self._assigned = assigned
+        self._stopping = False
+
+    def stop_claims(self) -> None:
+        """The server is stopping: waiting claims answer now (with no job), new ones at once, so
+        that the server's graceful shutdown need not cut them off."""
+        self._stopping = True
+        self._assigned.notify()
 
     def _node(self, connection, node_id: int) -> Any:
         row = connection.execute(select(nodes).where(nodes.c.id == node_id)).first()
@@ -95,7 +117,7 @@ class AgentService:
         return [{
             "id": row.id, "attempt": row.attempt, "spec": row.spec, "owner": row.owner,
             "cpus": row.cpus, "memory_mb": row.memory_mb, "disk_gb": row.disk_gb,
-            "token": self._tokens.issue_job_token(row.id, row.owner, ()),
+            "token": self._tokens.issue_job_token(row.id, row.attempt, row.owner, (), job_token_lifetime(row.spec)),
             "url": f"{self._public_url}/v1",
         } for row in claimed]
 
@@ -107,7 +129,7 @@ class AgentService:
         deadline = time.monotonic() + wait
         while True:
             with self._assigned.listener() as woken:
-                if await agent_gone():
+                if self._stopping or await agent_gone():
                     return []
                 claimed = await to_thread.run_sync(self._claim, node_id)
                 remaining = deadline - time.monotonic()
@@ -131,6 +153,9 @@ class AgentService:
                     return False
             path = output_path(self._data_dir, job_id, 0, stream)
             path.parent.mkdir(parents=True, exist_ok=True)
+            received = path.stat().st_size if offset and path.exists() else 0
+            if offset > received:  # a hole would be a sparse file users then read as zeros
+                raise BadRequest(f"offset {offset} is past the end of the {stream} received so far ({received} bytes)")
             with open(path, "r+b" if path.exists() else "wb") as handle:
                 if offset == 0:
                     handle.truncate()  # a new attempt starts its output afresh
@@ -139,24 +164,46 @@ class AgentService:
             return True
         return await to_thread.run_sync(run)
 
-    async def store_output(self, node_id: int, job_id: int, attempt: int, name: str, chunks: list[bytes]) -> bool:
-        """Keep an output file (or an output dir's .tgz) of the job, as it declared it in outputFiles/Dirs."""
-        def run() -> bool:
+    async def store_output(self, node_id: int, job_id: int, attempt: int, name: str,
+                           chunks: AsyncIterator[bytes]) -> bool:
+        """Keep an output file (or an output dir's .tgz) of the job, as it declared it in
+        outputFiles/Dirs. The body goes to the store as it arrives (never whole in memory), and
+        outside any transaction (on SQLite a transaction holds the write lock)."""
+        def object_key() -> str | None:
+            with self._engine.connect() as connection:
+                row = self._current(connection, node_id, job_id, attempt)
+            if row is None:
+                return None
+            if name not in row.spec.get("outputFiles", []) + row.spec.get("outputDirs", []):
+                raise BadRequest(f"{name} is not one of the job's outputFiles or outputDirs")
+            return output_key(job_id, name, is_dir=name in row.spec.get("outputDirs", []))
+
+        def store(key: str) -> int:
+            pending = aiter(chunks)
+
+            def received() -> Iterator[bytes]:  # the request's body, pulled from the event loop
+                while True:
+                    try:
+                        yield from_thread.run(anext, pending)
+                    except StopAsyncIteration:
+                        return
+            return self._store.put(key, received())
+
+        def record(key: str, size: int) -> bool:
             with self._engine.begin() as connection:
                 row = self._current(connection, node_id, job_id, attempt)
                 if row is None:
                     return False
-                declared = row.spec.get("outputFiles", []) + row.spec.get("outputDirs", [])
-                if name not in declared:
-                    raise BadRequest(f"{name} is not one of the job's outputFiles or outputDirs")
-                is_dir = name in row.spec.get("outputDirs", [])
-                key = f"scratch/{job_id}/{Path(name).name}{'.tgz' if is_dir else ''}"
-                size = self._store.put(key, chunks)
                 outputs = {**row.execution.get("outputs", {}), name: {"key": key, "size": size}}
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(
                     execution={**row.execution, "outputs": outputs}))
             return True
-        return await to_thread.run_sync(run)
+
+        key = await to_thread.run_sync(object_key)
+        if key is None:
+            return False
+        size = await to_thread.run_sync(store, key)
+        return await to_thread.run_sync(record, key, size)
 
     async def finish(self, node_id: int, job_id: int, attempt: int, report: dict[str, Any]) -> bool:
         """The attempt has ended: the job's final status, or back to the queue to be retried."""

@@ -4,6 +4,9 @@ A commit is the expensive part of a submission (an fsync on PostgreSQL, a WAL ap
 One writer thread takes every submission waiting in its queue, allocates their ids with one
 UPDATE of the shared counter, inserts them with one INSERT and commits once; each submitter's
 201 is sent only after that commit, so an acknowledged job survives a crash of the server.
+
+A group whose commit fails (a row the database refuses) is committed again one row at a time, so
+only the submitter of the bad row hears of the failure and the others still get their ids.
 """
 import asyncio
 import queue
@@ -61,14 +64,22 @@ class JobInserter:
                 batch.append(item)
             self._commit(batch)
 
+    def _store(self, batch: list) -> range:
+        with self._engine.begin() as connection:
+            ids = allocate_ids(connection, len(batch))
+            connection.execute(insert(jobs), [dict(row, id=i) for i, (row, _, _) in zip(ids, batch)])
+        return ids
+
     def _commit(self, batch: list) -> None:
         try:
-            with self._engine.begin() as connection:
-                ids = allocate_ids(connection, len(batch))
-                connection.execute(insert(jobs), [dict(row, id=i) for i, (row, _, _) in zip(ids, batch)])
-        except Exception as error:  # every submitter in the batch hears about the failure
-            for _, future, loop in batch:
-                loop.call_soon_threadsafe(_settle, future, None, error)
+            ids = self._store(batch)
+        except Exception as error:
+            if len(batch) > 1:
+                for item in batch:
+                    self._commit([item])
+                return
+            _, future, loop = batch[0]
+            loop.call_soon_threadsafe(_settle, future, None, error)
             return
         for i, (_, future, loop) in zip(ids, batch):
             loop.call_soon_threadsafe(_settle, future, i, None)

@@ -1,12 +1,16 @@
 """Jobs: submit, list, describe, clone, delete, remove, and read stdout/stderr."""
 from __future__ import annotations
 
+import json
+import os
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
+from pydantic import ValidationError
 from sqlalchemy import Engine, select, update
 
 from schema.identity import Identity
@@ -14,7 +18,8 @@ from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.services.batcher import JobInserter
 from gateway.storage import ObjectStore
 from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason
-from schema.jobspec import JobSpec, redact_storage
+from schema.jobspec import JobSpec, describe_errors, redact_storage, redact_tasks
+from schema.db import reading
 from schema.lifecycle import finished
 from schema.signals import Signal
 from schema.tables import jobs
@@ -23,6 +28,17 @@ from schema.tables import jobs
 _LIST_COLUMNS = [jobs.c.id, jobs.c.name, jobs.c.status, jobs.c.status_reason, jobs.c.spec,
                  jobs.c.create_time, jobs.c.start_time, jobs.c.end_time]
 _DETAIL_KEYS = ("resources", "policies", "notifications", "artifacts", "labels", "inputs")
+# Listings run in worker threads, at most this many at once: however many clients ask for big
+# listings, the other requests keep threads and a share of the CPU.
+LISTING_THREADS = 2
+OUTPUT_CHUNK = 1 << 16  # stdout/stderr are sent from disk in pieces of this size
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def encode_list(items: Iterable[Any]) -> bytes:
+    """A JSON list, encoded one item at a time. Encoding a whole big listing is one long C call
+    that holds the GIL; item by item, the event loop gets its turns in between."""
+    return b"[" + b",".join(_JSON.encode(item).encode() for item in items) + b"]"
 
 
 @dataclass
@@ -53,8 +69,8 @@ def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
         events["startTime"] = row.start_time
     if row.end_time is not None:
         events["endTime"] = row.end_time
-    view: dict[str, Any] = {"id": row.id, "name": row.name, "status": row.status, "tasks": spec["tasks"],
-                            "events": events}
+    view: dict[str, Any] = {"id": row.id, "name": row.name, "status": row.status,
+                            "tasks": redact_tasks(spec["tasks"]), "events": events}
     if row.status_reason:
         view["statusReason"] = row.status_reason
     if not detail:
@@ -80,6 +96,7 @@ class JobService:
         self._inserter = inserter
         self._data_dir = data_dir
         self._changed = changed  # tells the scheduler that jobs were submitted or stopped
+        self._listings = CapacityLimiter(LISTING_THREADS)
 
     async def submit(self, identity: Identity, spec: JobSpec) -> int:
         now = int(time.time())
@@ -95,43 +112,61 @@ class JobService:
         self._changed.notify()
         return job_id
 
-    async def list(self, identity: Identity, query: JobQuery) -> list[dict[str, Any]]:
-        return await to_thread.run_sync(self._list, identity, query)
+    async def list(self, identity: Identity, query: JobQuery) -> bytes:
+        """The listing as JSON, queried and encoded in a worker thread (never on the event loop)."""
+        return await to_thread.run_sync(lambda: encode_list(self._list(identity, query)), limiter=self._listings)
 
-    def _list(self, identity: Identity, query: JobQuery) -> list[dict[str, Any]]:
-        columns = _LIST_COLUMNS + ([jobs.c.execution] if query.detail else [])
-        stmt = select(*columns).where(jobs.c.owner == identity.username)
+    def _list(self, identity: Identity, query: JobQuery) -> Iterator[dict[str, Any]]:
+        """The jobs' views in id order, made one row at a time as the rows are read: a big listing
+        never holds all its rows and views at once (fewer objects for the garbage collector)."""
+        conditions = [jobs.c.owner == identity.username]
         if query.ids is not None:
-            column = jobs.c.workflow_id if query.workflow else jobs.c.id
-            stmt = stmt.where(column.in_(query.ids))
+            conditions.append((jobs.c.workflow_id if query.workflow else jobs.c.id).in_(query.ids))
         elif query.completed and not query.all:
-            stmt = stmt.where(jobs.c.end_time.is_not(None)).order_by(jobs.c.end_time.desc(), jobs.c.id.desc())
-            if query.num >= 0:
-                stmt = stmt.limit(query.num)
+            conditions.append(jobs.c.end_time.is_not(None))
         elif not query.all:
-            stmt = stmt.where(jobs.c.in_queue.is_(True))
+            conditions.append(jobs.c.in_queue.is_(True))
         if query.status is not None:
-            stmt = stmt.where(jobs.c.status == query.status)
+            conditions.append(jobs.c.status == query.status)
         if query.name is not None:
-            stmt = stmt.where(jobs.c.name == query.name)
-        for key, value in query.constraints:
-            stmt = stmt.where(jobs.c.spec["labels"][key].as_string() == value)
-        with self._engine.connect() as connection:
-            rows = connection.execute(stmt).all()
-        rows.sort(key=lambda row: row.id)
-        return [job_view(row, query.detail, self._store) for row in rows]
+            conditions.append(jobs.c.name == query.name)
+        conditions += [jobs.c.spec["labels"][key].as_string() == value for key, value in query.constraints]
+        if query.ids is None and query.completed and not query.all:
+            recent = select(jobs.c.id).where(*conditions).order_by(jobs.c.end_time.desc(), jobs.c.id.desc())
+            if query.num >= 0:
+                recent = recent.limit(query.num)
+            conditions = [jobs.c.id.in_(recent.scalar_subquery())]  # the `num` most recently finished
+        columns = _LIST_COLUMNS + ([jobs.c.execution] if query.detail else [])
+        # The jobs are found first (a MATERIALIZED CTE), then sorted: with a plain ORDER BY id,
+        # PostgreSQL misjudges how few rows the filters keep (owner and in_queue are correlated)
+        # and walks the primary key to skip the sort, reading every job in the table: 18 ms
+        # instead of 0.5 for 100 jobs out of 145,000.
+        listed = select(*columns).where(*conditions).cte("listed").prefix_with("MATERIALIZED")
+        with reading(self._engine) as connection:  # held while the views are made: no write lock
+            for row in connection.execute(select(listed).order_by(listed.c.id)):
+                yield job_view(row, query.detail, self._store)
 
     async def get(self, identity: Identity, job_id: int) -> dict[str, Any]:
-        rows = await self.list(identity, JobQuery(ids=[job_id], detail=True))
+        rows = await to_thread.run_sync(lambda: list(self._list(identity, JobQuery(ids=[job_id], detail=True))))
         if not rows:
             raise NotFound(f"No such job: {job_id}")
         return rows[0]
 
-    def _owned(self, connection, identity: Identity, job_id: int, *columns) -> Any:
-        """The job's row; 400 when it does not exist, 403 when it is another user's."""
+    async def runs(self, job_id: int, attempt: int, owner: str) -> bool:
+        """Whether the job of a job token still runs that attempt (a primary-key lookup)."""
+        def run() -> bool:
+            with self._engine.connect() as connection:
+                return connection.execute(select(jobs.c.id).where(
+                    jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.owner == owner,
+                    jobs.c.status == JobStatus.RUNNING)).first() is not None
+        return await to_thread.run_sync(run)
+
+    def _owned(self, connection, identity: Identity, job_id: int, *columns, missing: type = BadRequest) -> Any:
+        """The job's row; `missing` (400 unless said otherwise) when it does not exist, 403 when it
+        is another user's."""
         row = connection.execute(select(jobs.c.owner, *columns).where(jobs.c.id == job_id)).first()
         if row is None:
-            raise BadRequest("Job does not exist")
+            raise missing("Job does not exist")
         if row.owner != identity.username:
             raise Forbidden("Not authorized to access this job")
         return row
@@ -139,8 +174,12 @@ class JobService:
     async def clone(self, identity: Identity, job_id: int) -> int:
         def load() -> dict[str, Any]:
             with self._engine.connect() as connection:
-                return self._owned(connection, identity, job_id, jobs.c.spec).spec
-        return await self.submit(identity, JobSpec.model_validate(await to_thread.run_sync(load)))
+                return self._owned(connection, identity, job_id, jobs.c.spec, missing=NotFound).spec
+        try:
+            spec = JobSpec.model_validate(await to_thread.run_sync(load))
+        except ValidationError as error:  # stored before a rule that it breaks existed
+            raise BadRequest(f"The job cannot be cloned: {describe_errors(error)}") from None
+        return await self.submit(identity, spec)
 
     async def delete(self, identity: Identity, job_ids: list[int]) -> None:
         """Delete every listed job, or (when any is unknown or already finished) none of them."""
@@ -154,8 +193,8 @@ class JobService:
                 select(jobs.c.id, jobs.c.status, jobs.c.spec)
                 .where(jobs.c.id.in_(job_ids), jobs.c.owner == identity.username)
             ).all()
-            if len(found) != len(set(job_ids)):
-                raise BadRequest("No such job(s)")
+            if len(found) != len(set(job_ids)):  # unknown, or another user's: not told apart
+                raise NotFound("No such job(s)")
             done = sorted(row.id for row in found if row.status in TERMINAL)
             if done:
                 raise BadRequest(f"Job(s) already finished: {', '.join(map(str, done))}")
@@ -175,16 +214,32 @@ class JobService:
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(in_queue=False))
         await to_thread.run_sync(run)
 
-    async def read_output(self, identity: Identity, job_id: int, stream: str, node: int, offset: int) -> bytes:
-        """The job's stdout or stderr from byte `offset` on (the CLI's `--tail` polls this way)."""
-        def run() -> bytes:
+    async def read_output(self, identity: Identity, job_id: int, stream: str, node: int,
+                          offset: int) -> AsyncIterator[bytes]:
+        """The job's stdout or stderr from byte `offset` on (the CLI's `--tail` polls this way), as
+        it is on disk now, read in pieces. Errors are raised here, before the first byte."""
+        def open_at_offset() -> tuple[BinaryIO, int]:
             with self._engine.connect() as connection:
                 self._owned(connection, identity, job_id)
-            path = output_path(self._data_dir, job_id, node, stream)
             try:
-                with open(path, "rb") as handle:
-                    handle.seek(offset)
-                    return handle.read()
+                handle = open(output_path(self._data_dir, job_id, node, stream), "rb")
             except FileNotFoundError:
                 raise NotFound(f"{stream} does not exist") from None
-        return await to_thread.run_sync(run)
+            remaining = max(0, os.fstat(handle.fileno()).st_size - offset)  # past the end: nothing
+            if remaining:
+                handle.seek(offset)
+            return handle, remaining
+        handle, remaining = await to_thread.run_sync(open_at_offset)
+        return _pieces(handle, remaining)
+
+
+async def _pieces(handle: BinaryIO, remaining: int) -> AsyncIterator[bytes]:
+    try:
+        while remaining > 0:
+            piece = await to_thread.run_sync(handle.read, min(OUTPUT_CHUNK, remaining))
+            if not piece:  # truncated meanwhile (a new attempt starts its output afresh)
+                return
+            remaining -= len(piece)
+            yield piece
+    finally:
+        handle.close()
