@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages: podman with runc (the agent's container runtime) and busybox-static (the local
-# image) for serving; PostgreSQL's server (started by the tests themselves) for testing too.
-SERVE_PACKAGES = podman runc busybox-static
+# Debian packages: podman with runc (the agent's container runtime), slirp4netns, iproute2 and
+# e2fsprogs (each job's own network and disk: provisioner/agent/sandbox.py) and busybox-static (the
+# local image) for serving; PostgreSQL's server (started by the tests themselves) for testing too.
+SERVE_PACKAGES = podman runc slirp4netns iproute2 e2fsprogs busybox-static
 TEST_PACKAGES = $(SERVE_PACKAGES) postgresql openssh-server
 define install_missing
 	@MISSING=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

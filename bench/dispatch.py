@@ -222,13 +222,18 @@ def destroy_nodes(data_dir: Path) -> None:
 # --- set 1: agent overhead per task ----------------------------------------------------------
 
 def bare_runs(image: str, runs: int) -> list[float]:
-    """Seconds for each of `runs` sequential `podman run --rm --network host IMAGE true`."""
+    """Seconds for each of `runs` sequential `podman run --network none IMAGE true`: a container
+    with no network and no other option. As with the agent, whose removals run in the background
+    while the next task starts, the container's removal is not in the time: it follows, untimed."""
     env, took = podman_env(), []
-    for _ in range(runs):
+    for number in range(runs):
+        name = f"bench-dispatch-bare-{os.getpid()}-{number}"
         started = time.perf_counter()
-        subprocess.run(["podman", "run", "--rm", "--network", "host", image, "true"], env=env, check=True,
+        subprocess.run(["podman", "run", "--name", name, "--network", "none", image, "true"], env=env, check=True,
                        stdin=subprocess.DEVNULL, capture_output=True)
         took.append(time.perf_counter() - started)
+        subprocess.run(["podman", "rm", "--force", name], env=env, check=True, stdin=subprocess.DEVNULL,
+                       capture_output=True)
     return took
 
 
@@ -244,7 +249,7 @@ def podman_calls(image: str, runs: int) -> dict[str, float]:
              "container_inspect": ["container", "inspect", "--format", "json", name],
              "container_rm": ["rm", "--force", "--ignore", "--time", "0", name]}
     for _ in range(runs):
-        subprocess.run(["podman", "run", "--name", name, "--network", "host", image, "true"], env=env,
+        subprocess.run(["podman", "run", "--name", name, "--network", "none", image, "true"], env=env,
                        check=True, capture_output=True, stdin=subprocess.DEVNULL)
         for key, args in calls.items():
             started = time.perf_counter()
@@ -359,7 +364,7 @@ async def run_jobs(client: Client, server: LiveServer, image: str, count: int, r
     container = [jobs[i]["execution"]["tasks"][0]["containerStartedAt"] - sent[i] for i in ids]
     completed = [seen[i] - sent[i] for i in ids]
     first, last = min(sent.values()), max(seen.values())
-    result = {"benchmark": "dispatch", "set": set_name, "jobs": count,
+    result = {"benchmark": "dispatch", "set": set_name, "offered_jobs": count,
               "offered_rate_per_s": rate, "submit_s": round(max(sent.values()) - first, 1)}
     result.update(summary("claim", claim))
     result.update(summary("container_start", container))
@@ -402,11 +407,13 @@ async def bench(server: LiveServer, data_dir: Path, args: argparse.Namespace) ->
 
 
 def emit(result: dict) -> None:
+    # A target is met only when the work it timed was done: every job completed, exit code 0.
+    done = result["not_completed_ok"] == 0
     if result["set"] == "dispatch":
-        result["targets_met"] = result["claim_median_ms"] is not None and \
-            result["claim_median_ms"] < TARGETS["claim_median_ms"]
+        result["targets_met"] = done and result["jobs"] == result["offered_jobs"] and \
+            result["claim_median_ms"] is not None and result["claim_median_ms"] < TARGETS["claim_median_ms"]
     elif result["set"] == "overhead":
-        result["targets_met"] = result["overhead_per_task_ms"] < TARGETS["overhead_per_task_ms"]
+        result["targets_met"] = done and result["overhead_per_task_ms"] < TARGETS["overhead_per_task_ms"]
     result["targets"] = TARGETS
     result["machine"] = machine()
     print(json.dumps(result), flush=True)
@@ -436,7 +443,9 @@ def main() -> int:
     try:
         server.start()
         results = asyncio.run(bench(server, root / "data", args))
-        failed = any(r.get("not_completed_ok") for r in results)
+        # Non-zero exit when any timed job did not complete cleanly, or did not finish at all.
+        failed = any(r["not_completed_ok"] or r.get("jobs") != r.get("offered_jobs", r.get("jobs"))
+                     for r in results)
     except Exception as error:
         failed = True
         print(json.dumps({"benchmark": "dispatch", "error": f"{type(error).__name__}: {error}",

@@ -35,6 +35,7 @@ _APPLETS = """
     printf test [ grep sed awk sort uniq tr cut seq date hostname uname whoami ps kill trap
     basename dirname readlink stat chmod ln find xargs tee nproc free du df md5sum sha256sum
     wget nc base64 gzip gunzip tar expr timeout
+    mknod mkfifo mount umount ping ip chown truncate
 """
 APPLETS = sorted(_APPLETS.split())
 _STATE = "/tmp/prominence-test"

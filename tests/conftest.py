@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from schema.identity import TokenAuthority
 from gateway.settings import Settings
-from tests.services import create_database, postgres_server
+from tests.services import create_database, postgres_server, remote_host
 
 _databases = itertools.count()
 
@@ -85,6 +85,15 @@ def web(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture
+def remote(tmp_path):
+    """A host elsewhere on the network (its own network namespace) serving files over HTTP."""
+    root = tmp_path / "remote"
+    root.mkdir()
+    with remote_host(root) as host:
+        yield host
 
 
 def tgz(members: dict[str, bytes]) -> bytes:

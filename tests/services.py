@@ -167,3 +167,62 @@ def _stop_sshd(pid_file: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+# --- a remote host ----------------------------------------------------------------------------
+# A "machine elsewhere on the network" for jobs' outbound connections: a network namespace made
+# here, joined to this machine by a veth pair on a private /30, with an HTTP server in it. Jobs
+# reach it through their own network (slirp4netns), as they would reach a server on the internet;
+# no traffic leaves this machine.
+
+
+@dataclass
+class RemoteHost:
+    address: str  # the host's address, e.g. 10.213.7.2
+    url: str  # its HTTP server, serving `root`
+    root: Path
+
+
+@contextmanager
+def remote_host(root: Path):
+    """Yields a RemoteHost serving the files of `root` over HTTP from its own network namespace."""
+    import random
+
+    name = f"prominence-remote-{os.getpid()}-{random.randrange(1 << 16)}"
+    subnet = random.randrange(256)
+    outside, inside = f"{name[-8:]}o", f"{name[-8:]}i"
+    host, local = f"10.213.{subnet}.2", f"10.213.{subnet}.1"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", name)
+    server = None
+    try:
+        ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        ip("link", "set", inside, "netns", name)
+        ip("addr", "add", f"{local}/30", "dev", outside)
+        ip("link", "set", outside, "up")
+        ip("-n", name, "addr", "add", f"{host}/30", "dev", inside)
+        ip("-n", name, "link", "set", inside, "up")
+        ip("-n", name, "link", "set", "lo", "up")
+        port = 8000
+        server = subprocess.Popen(["ip", "netns", "exec", name, "python3", "-m", "http.server", "--bind", host,
+                                   "--directory", str(root), str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"the remote host's HTTP server did not start on {host}:{port}")
+                time.sleep(0.05)
+        yield RemoteHost(host, f"http://{host}:{port}", Path(root))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+        subprocess.run(["ip", "link", "del", outside], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import tarfile
 import threading
 import time
 
@@ -54,6 +53,9 @@ def test_build_argv():
     assert rt.build_argv("", []) is None
     assert rt.build_argv("echo 'a b' \"c d\" $HOME", ["e f"]) == ["echo", "a b", "c d", "$HOME", "e f"]
     assert rt.build_argv(None, ["x"]) == ["x"]
+    assert rt.build_argv("echo", "'a b' c") == ["echo", "a b", "c"]  # the seed's args: a string
+    with pytest.raises(ValueError, match="cannot split args"):
+        rt.build_argv("echo", "'unbalanced")
     with pytest.raises(ValueError, match="cannot split"):
         rt.build_argv("echo 'unbalanced", None)
 
@@ -91,6 +93,7 @@ def test_env_workdir_and_mount(podman, image, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "in.txt").write_text("from host\n")
+    os.chown(data, rt.DEFAULT_UID_BASE, rt.DEFAULT_UID_BASE)  # root of the container's user namespace
     s = spec(
         tmp_path, image,
         ["sh", "-c", 'echo "$A|$B"; pwd; cat in.txt; echo from container > out.txt'],
@@ -242,32 +245,35 @@ def test_missing_image_fails_quickly(podman):
         podman.prepare_image("prominence-missing.invalid/nothing:latest")
     assert time.monotonic() - started < 10
     with pytest.raises(rt.ImageError, match="Singularity"):
-        podman.prepare_image("/data/image.sif")
-    with pytest.raises(rt.ImageError, match="does not exist"):
-        podman.prepare_image("/nonexistent/image.tar")
+        podman.prepare_image("data/image.sif")
 
 
-def test_image_archive(podman, image, tmp_path):
-    root = tmp_path / "root"
-    (root / "bin").mkdir(parents=True)
-    with open("/bin/busybox", "rb") as src, open(root / "bin" / "busybox", "wb") as dst:
-        dst.write(src.read())
-    os.chmod(root / "bin" / "busybox", 0o755)
-    os.symlink("busybox", root / "bin" / "sh")
-    (root / "marker").write_text(str(tmp_path))  # a new archive, and image, per test run
-    archive = tmp_path / "image.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(root, arcname=".")
-    info = podman.prepare_image(str(archive))
-    try:
-        assert info.pull_status == "completed" and info.pull_time >= 0
-        assert info.ref.startswith("localhost/prominence-archive-")
-        again = podman.prepare_image(str(archive))
-        assert again.pull_status == "cached" and again.ref == info.ref and again.sha256 == info.sha256
-        result = run(podman, spec(tmp_path, info.ref, ["sh", "-c", "cat /marker"]))
-        assert result.exit_code == 0 and read(tmp_path / "stdout") == str(tmp_path)
-    finally:
-        podman_cli("rmi", "--force", info.ref)
+def test_a_path_on_the_node_is_never_an_image(podman, tmp_path):
+    """A host file imported as an image would let a job read it (and podman's error named its sha256)."""
+    (tmp_path / "secret.tar").write_bytes(b"not for jobs")
+    for path in (str(tmp_path / "secret.tar"), "/etc/passwd", "./x.tar", "~/x.tar"):
+        with pytest.raises(ValueError, match="not an image reference"):
+            podman.prepare_image(path)
+
+
+def test_containment(podman, image, tmp_path):
+    """Root in the container is an unprivileged uid on the node, with no capability to make
+    devices, mount, open raw sockets or write the image; no network unless the job's own."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, rt.DEFAULT_UID_BASE, rt.DEFAULT_UID_BASE)
+    script = ("grep CapEff /proc/self/status; mknod /out/dev c 1 3; echo mknod=$?; "
+              "mount -t tmpfs none /out; echo mount=$?; ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1; echo ping=$?; "
+              "touch /etc/x; echo rootfs=$?; touch /out/mine; echo out=$?; ip -o link | wc -l")
+    result = run(podman, spec(tmp_path, image, ["sh", "-c", script], mounts=[(str(out), "/out")]))
+    assert result.exit_code == 0, read(tmp_path / "stderr")
+    lines = read(tmp_path / "stdout").split()
+    assert lines[:2] == ["CapEff:", "00000000000004fb"]  # CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID NET_BIND_SERVICE
+    outcomes = dict(line.split("=") for line in lines[2:7])
+    assert outcomes["out"] == "0" and "0" not in (outcomes["mknod"], outcomes["mount"], outcomes["ping"], outcomes["rootfs"])
+    assert lines[7] == "1"  # only the loopback of its own network namespace
+    assert os.stat(out / "mine").st_uid == rt.DEFAULT_UID_BASE
+    assert not (out / "dev").exists()
 
 
 def test_stop_all(podman, image, tmp_path):

@@ -29,16 +29,19 @@ def test_archives_are_unpacked_and_mountpoints_bound(tmp_path, web):
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("z/b.txt", "B")
     (root / "z.zip").write_bytes(buffer.getvalue())
-    home = tmp_path / "home"
+    home, mounts_dir = tmp_path / "home", tmp_path / "mounts"
     home.mkdir()
+    mounts_dir.mkdir()
     mounts = staging.fetch_artifacts(str(home), [
         {"url": f"{url}/data.tgz", "mountpoint": "data:/mnt/data"}, {"url": f"{url}/plain.txt.gz"},
-        {"url": f"{url}/z.zip"}])
-    assert (home / "data/a.txt").read_bytes() == b"A"
+        {"url": f"{url}/z.zip"}], str(mounts_dir))
     assert (home / "plain.txt").read_bytes() == b"plain"
     assert (home / "z/b.txt").read_bytes() == b"B"
     assert not (home / "data.tgz").exists()
-    assert mounts == [(str(home / "data"), "/mnt/data")]
+    # The mounted directory lives where the job cannot replace it; the home links to its mountpoint.
+    assert mounts == [(str(mounts_dir / "0"), "/mnt/data")]
+    assert (mounts_dir / "0/a.txt").read_bytes() == b"A"
+    assert os.readlink(home / "data") == "/mnt/data"
 
 
 def test_artifact_failures_say_which(tmp_path, web):
@@ -46,32 +49,44 @@ def test_artifact_failures_say_which(tmp_path, web):
     (root / "bad.tgz").write_bytes(b"not an archive")
     (root / "evil.tgz").write_bytes(tgz({"../escaped.txt": b"x"}))
     with pytest.raises(staging.StageError, match="Artifact download failed") as missing:
-        staging.fetch_artifacts(str(tmp_path), [{"url": f"{url}/missing.tgz"}])
+        staging.fetch_artifacts(str(tmp_path), mounts_dir=str(tmp_path), artifacts=[{"url": f"{url}/missing.tgz"}])
     assert missing.value.reason == "Artifact download failed"
     with pytest.raises(staging.StageError, match="Artifact uncompress failed"):
-        staging.fetch_artifacts(str(tmp_path), [{"url": f"{url}/bad.tgz"}])
+        staging.fetch_artifacts(str(tmp_path), mounts_dir=str(tmp_path), artifacts=[{"url": f"{url}/bad.tgz"}])
     with pytest.raises(staging.StageError, match="Artifact uncompress failed"):
-        staging.fetch_artifacts(str(tmp_path), [{"url": f"{url}/evil.tgz"}])
+        staging.fetch_artifacts(str(tmp_path), mounts_dir=str(tmp_path), artifacts=[{"url": f"{url}/evil.tgz"}])
     assert not (tmp_path.parent / "escaped.txt").exists()
     with pytest.raises(staging.StageError, match="only http"):
-        staging.fetch_artifacts(str(tmp_path), [{"url": "file:///etc/passwd"}])
+        staging.fetch_artifacts(str(tmp_path), mounts_dir=str(tmp_path), artifacts=[{"url": "file:///etc/passwd"}])
 
 
 def test_outputs_never_leave_the_home(tmp_path):
     home = tmp_path / "home"
-    (home / "results").mkdir(parents=True)
+    (home / "results/sub").mkdir(parents=True)
     (home / "results/r.txt").write_text("r")
+    (home / "results/sub/s.txt").write_text("s")
     (home / "out-1.txt").write_text("1")
     (tmp_path / "secret").write_text("s")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/key").write_text("k")
     os.symlink(tmp_path / "secret", home / "link")
-    assert staging.find_output_file(str(home), "out-*.txt") == str(home / "out-1.txt")
-    with pytest.raises(staging.StageError, match="Invalid path"):
-        staging.find_output_file(str(home), "link")
+    os.symlink(tmp_path / "secrets", home / "dirlink")
+    os.symlink(tmp_path / "secret", home / "results/leak")
+    os.symlink(tmp_path / "secrets", home / "results/leakdir")
+    os.mkfifo(home / "fifo")
+    with staging.open_output_file(str(home), "out-*.txt") as handle:
+        assert handle.read() == b"1"
+    for name in ("link", "dirlink/key", "fifo", "absent.txt", "../secret"):
+        with pytest.raises(staging.StageError, match="no such file"):
+            staging.open_output_file(str(home), name)
     with pytest.raises(staging.StageError, match="no such file"):
-        staging.find_output_file(str(home), "absent.txt")
-    archive = staging.pack_output_dir(str(home), "results")
+        staging.pack_output_dir(str(home), "dirlink")
+    archive = staging.pack_output_dir(str(home), "results", scratch=str(tmp_path))
     with tarfile.open(archive) as tar:
-        assert tar.getnames() == ["results", "results/r.txt"]
+        assert sorted(tar.getnames()) == ["results", "results/leak", "results/leakdir", "results/r.txt",
+                                          "results/sub", "results/sub/s.txt"]
+        assert tar.getmember("results/leak").issym()  # kept as a link, never followed
+        assert tar.extractfile("results/sub/s.txt").read() == b"s"
     os.remove(archive)
 
 

@@ -10,12 +10,11 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from typing import Any
 
-from . import runtime, staging
+from . import runtime, sandbox, staging
 from .client import Gateway, GatewayError
 
 log = logging.getLogger("prominence.agent")
@@ -51,6 +50,7 @@ class Agent:
         self.node_name = config["node_name"]
         self.work_dir = config["work_dir"]
         self.podman = runtime.Podman(containers_conf=config.get("containers_conf"))
+        self.gateway_relay = sandbox.loopback_gateway(config["gateway"])  # relayed into jobs' networks
         self.cpu = cpu_info()
         self.runners: dict[tuple[int, int], JobRunner] = {}
         self.lock = threading.Lock()
@@ -60,43 +60,70 @@ class Agent:
     def container_prefix(self) -> str:
         return f"{self.node_name}-"
 
-    def run(self) -> None:
-        os.makedirs(self.work_dir, exist_ok=True)
+    def run(self) -> int:
+        """Registers, then claims and runs jobs until the node must stop. Returns the exit status:
+        0 when the gateway let the node go, 1 when it refused it or could not be reached."""
         if self.config.get("containers_conf"):
             runtime.write_containers_conf(self.config["containers_conf"])
-        self.podman.stop_all(self.container_prefix)  # left over by an earlier agent on this node
-        self.gateway.call("POST", "/register", {
-            "runtimes": {self.podman.name: self.podman.version()}, "cpu": self.cpu, "agent_pid": os.getpid()},
-            retries=30)
+        # Left over by an earlier agent on this node: containers, then the jobs' sandboxes.
+        self.podman.stop_all(self.container_prefix)
+        sandbox.release(self.work_dir)
+        os.makedirs(self.work_dir, exist_ok=True)
+        try:
+            self.gateway.call("POST", "/register", {
+                "runtimes": {self.podman.name: self.podman.version()}, "cpu": self.cpu, "agent_pid": os.getpid()},
+                retries=int(self.config.get("register_retries", 30)))
+        except GatewayError as error:
+            log.error("the gateway %s did not register node %s (%s); exiting",
+                      self.config["gateway"], self.config["node_id"], error)
+            return 1
+        except OSError as error:
+            log.error("could not reach the gateway %s to register node %s (%s); exiting",
+                      self.config["gateway"], self.config["node_id"], error)
+            return 1
         log.info("registered as node %s", self.config["node_id"])
+        self.exit_status = 0  # the heartbeat thread sets 1 when it gives up on the gateway
+
+        def claim_jobs() -> None:
+            while not self.stopping.is_set():
+                try:
+                    claimed = self.gateway.call("POST", "/claim", params={"wait": CLAIM_WAIT},
+                                                timeout=CLAIM_WAIT + 30)["jobs"]
+                except GatewayError as error:
+                    if error.status in (401, 403):
+                        log.error("the gateway no longer knows this node (%s); stopping", error)
+                        self.stopping.set()
+                        return
+                    time.sleep(1)
+                    continue
+                except OSError:
+                    time.sleep(1)
+                    continue
+                for assignment in claimed:
+                    assignment["claimed_at"] = time.time()
+                    runner = JobRunner(self, assignment)
+                    with self.lock:
+                        self.runners[(assignment["id"], assignment["attempt"])] = runner
+                    runner.start()
+
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
-        while not self.stopping.is_set():
-            try:
-                claimed = self.gateway.call("POST", "/claim", params={"wait": CLAIM_WAIT},
-                                            timeout=CLAIM_WAIT + 30)["jobs"]
-            except GatewayError as error:
-                if error.status in (401, 403):
-                    log.error("the gateway no longer knows this node (%s); stopping", error)
-                    break
-                time.sleep(1)
-                continue
-            except OSError:
-                time.sleep(1)
-                continue
-            for assignment in claimed:
-                assignment["claimed_at"] = time.time()
-                runner = JobRunner(self, assignment)
-                with self.lock:
-                    self.runners[(assignment["id"], assignment["attempt"])] = runner
-                runner.start()
+        # Claims run in a thread of their own: a claim blocked on an unreachable gateway must not
+        # keep the agent from stopping when the heartbeat thread gives up.
+        threading.Thread(target=claim_jobs, name="claim", daemon=True).start()
+        self.stopping.wait()
         self.shutdown()
+        return self.exit_status
 
     def shutdown(self) -> None:
+        """Stops every job of this node, and its containers: none outlives the agent."""
         self.stopping.set()
         with self.lock:
             runners = list(self.runners.values())
         for runner in runners:
             runner.stop.set()
+        for runner in runners:  # each kills its containers and removes its sandbox
+            runner.join(timeout=30)
+        self.podman.stop_all(self.container_prefix)
 
     def finished(self, runner: JobRunner) -> None:
         with self.lock:
@@ -104,7 +131,17 @@ class Agent:
 
     def _heartbeats(self) -> None:
         interval = float(self.config.get("heartbeat_interval", 2.0))
+        # Past this without a successful heartbeat the node has surely been declared lost and its
+        # jobs requeued elsewhere: their containers here would only waste the machine.
+        gateway_timeout = float(self.config.get("gateway_timeout", 900))
+        last_contact = time.monotonic()
         while not self.stopping.wait(interval):
+            if time.monotonic() - last_contact > gateway_timeout:
+                log.error("no answer from the gateway %s for %.0f s; stopping this node's containers and exiting",
+                          self.config["gateway"], time.monotonic() - last_contact)
+                self.exit_status = 1
+                self.stopping.set()
+                return
             with self.lock:
                 running = [[job_id, attempt] for job_id, attempt in self.runners]
             try:
@@ -112,11 +149,12 @@ class Agent:
             except GatewayError as error:
                 if error.status in (401, 403):
                     log.error("the gateway no longer knows this node; stopping")
-                    self.shutdown()
+                    self.stopping.set()
                     return
                 continue
             except OSError:
                 continue
+            last_contact = time.monotonic()
             for job_id, attempt in answer.get("stop", []):
                 with self.lock:
                     runner = self.runners.get((job_id, attempt))
@@ -137,8 +175,8 @@ class JobRunner(threading.Thread):
         self.spec: dict[str, Any] = assignment["spec"]
         self.stop = threading.Event()
         self.dir = os.path.join(agent.work_dir, f"job-{self.job_id}-{self.attempt}")
-        self.home = os.path.join(self.dir, "home")
-        self.outputs = {name: os.path.join(self.dir, name) for name in ("stdout", "stderr")}
+        self.sandbox: sandbox.Sandbox | None = None
+        self.over_disk = False  # the agent stopped the job: its disk is full
         self.sent = {"stdout": 0, "stderr": 0}
         self.params = {"attempt": self.attempt}
         self._done_streaming = threading.Event()
@@ -158,18 +196,29 @@ class JobRunner(threading.Thread):
         except (GatewayError, OSError):
             log.exception("could not report the end of job %s", self.job_id)
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.sandbox is not None:
+                self.sandbox.close()
+            sandbox.release(self.dir)
+
+    @property
+    def home(self) -> str:
+        return self.sandbox.home
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {"stdout": self.sandbox.stdout, "stderr": self.sandbox.stderr}
 
     def _run(self) -> dict[str, Any] | None:
-        os.makedirs(self.home, exist_ok=True)
-        for path in self.outputs.values():
-            open(path, "wb").close()
         # claimedAt and a task's containerStartedAt are epoch seconds (for bench/dispatch.py).
         execution: dict[str, Any] = {"cpu": self.agent.cpu, "tasks": [], "claimedAt": self.assignment["claimed_at"]}
         started = time.monotonic()
+        self.sandbox = sandbox.Sandbox.create(self.dir, self.assignment["disk_gb"], sandbox.uid_base(self.job_id),
+                                              self.agent.gateway_relay)
         try:
             staging.write_inputs(self.home, self.spec.get("inputs", []))
-            mounts = staging.fetch_artifacts(self.home, self.spec.get("artifacts", []))
+            mounts = staging.fetch_artifacts(self.home, self.spec.get("artifacts", []), self.sandbox.mounts,
+                                             self.sandbox.create_connection)
+            self.sandbox.give_to_job()
         except staging.StageError as error:
             return {"status": "failed", "reason": error.reason, "infrastructure": True,
                     "execution": {**execution, "stageInError": str(error)}}
@@ -182,9 +231,9 @@ class JobRunner(threading.Thread):
         finally:
             self._done_streaming.set()
             streamer.join()
-            self._send_output()
-        if outcome is None:  # stopped: the job was deleted or given to another node
+        if outcome is None:  # stopped: the job was deleted or given to another node, or the agent stops
             return None
+        self._send_output(everything=True)
         status, reason, infrastructure = outcome
         if status == "completed":
             started = time.monotonic()
@@ -208,6 +257,7 @@ class JobRunner(threading.Thread):
             "PROMINENCE_MEMORY": str(resources.get("memory") or resources.get("memoryPerCpu", 1) * self.assignment["cpus"]),
             "PROMINENCE_NODES": "1", "PROMINENCE_NODE_NUM": "0",
             "PROMINENCE_CONTAINER_RUNTIME": engine.name,
+            # The gateway's own URL: on a node's loopback it is relayed into the job's network.
             "PROMINENCE_URL": self.assignment["url"], "PROMINENCE_TOKEN": self.assignment["token"],
         }
 
@@ -221,9 +271,10 @@ class JobRunner(threading.Thread):
             name=f"{self.container_prefix}{number}",
             image=image, argv=runtime.build_argv(task.get("cmd"), task.get("args")),
             env=self._environment(task, number, engine), workdir=task.get("workdir") or "/home/user",
-            mounts=[(self.home, "/home/user"), *mounts], cpus=self.assignment["cpus"],
-            memory_mb=self.assignment["memory_mb"],
-            stdout_path=self.outputs["stdout"], stderr_path=self.outputs["stderr"])
+            mounts=[(self.home, "/home/user"), (self.sandbox.tmp, "/tmp"), (self.sandbox.tmp, "/var/tmp"), *mounts],
+            cpus=self.assignment["cpus"], memory_mb=self.assignment["memory_mb"],
+            stdout_path=self.sandbox.stdout, stderr_path=self.sandbox.stderr,
+            network=f"ns:{self.sandbox.netns}", dns=(sandbox.SLIRP_DNS,), uid_base=self.sandbox.uid)
 
     def _run_tasks(self, mounts: list[tuple[str, str]], execution: dict[str, Any]) -> tuple[str, str, bool] | None:
         policies = self.spec.get("policies", {})
@@ -242,7 +293,7 @@ class JobRunner(threading.Thread):
                     image = images.get(task["image"]) or engine.prepare_image(
                         task["image"], (credential["username"], credential["token"]) if credential else None)
                     images[task["image"]] = runtime.ImageInfo("cached", -1.0, image.sha256, image.ref)
-                except runtime.RuntimeUnavailable as error:
+                except (runtime.RuntimeUnavailable, ValueError) as error:  # the description's fault
                     return "failed", f"Unable to execute task(s): {error}", False
                 except runtime.ImageError as error:
                     record["imagePullStatus"] = "failed"
@@ -251,7 +302,10 @@ class JobRunner(threading.Thread):
                 execution.setdefault("runtimeVersion", {})[engine.name] = engine.version()
                 record.update(imagePullStatus=image.pull_status, imagePullTime=image.pull_time,
                               imageSha256=image.sha256, runtime=engine.name)
-                spec = self._container(task, number, engine, image.ref, mounts)
+                try:
+                    spec = self._container(task, number, engine, image.ref, mounts)
+                except ValueError as error:  # e.g. a cmd that cannot be split: the description's fault
+                    return "failed", f"Unable to execute task(s): {error}", False
                 if task.get("type") == "sidecar":
                     sidecar = threading.Thread(target=self._run_sidecar, args=(engine, spec, sidecars_stop, record),
                                                daemon=True)
@@ -269,7 +323,7 @@ class JobRunner(threading.Thread):
                     record.update(exitCode=result.exit_code, wallTimeUsage=round(result.wall_time, 3),
                                   cpuTimeUsage=round(result.cpu_time, 3), maxResidentSetSizeKB=result.max_rss_kb)
                     if result.killed == "stopped":
-                        return None
+                        return ("killed", "Job used too much disk space", False) if self.over_disk else None
                     if result.killed == "walltime":
                         return "killed", "Walltime limit exceeded", False
                     if result.killed == "memory":
@@ -302,43 +356,54 @@ class JobRunner(threading.Thread):
         # An Event rather than sleep(): when the tasks end, the join above returns at once
         # instead of after the rest of a STREAM_INTERVAL; the final _send_output sends the rest.
         while not self._done_streaming.wait(STREAM_INTERVAL):
+            if self.sandbox.disk_full() and not self.stop.is_set():
+                log.info("job %s has filled its disk of %s GB: stopping it", self.job_id, self.assignment["disk_gb"])
+                self.over_disk = True
+                self.stop.set()
             self._send_output()
 
-    def _send_output(self) -> None:
+    def _send_output(self, everything: bool = False) -> None:
+        """Sends what the streams got since the last call: a chunk of each while the job runs,
+        all of it (retrying longer) at the end."""
         for stream, path in self.outputs.items():
-            try:
-                with open(path, "rb") as handle:
-                    handle.seek(self.sent[stream])
-                    data = handle.read(STREAM_CHUNK)
-            except OSError:
-                continue
-            if not data and self.sent[stream]:
-                continue
-            try:
-                answer = self.agent.gateway.call("POST", f"/jobs/{self.job_id}/{stream}", data,
-                                                 params={**self.params, "offset": self.sent[stream]}, retries=2)
-            except (GatewayError, OSError):
-                continue
-            if not answer.get("accepted"):
-                self.stop.set()  # the job is no longer ours
-                return
-            self.sent[stream] += len(data)
+            while True:
+                try:
+                    with open(path, "rb") as handle:
+                        handle.seek(self.sent[stream])
+                        data = handle.read(STREAM_CHUNK)
+                except OSError:
+                    break
+                if not data and self.sent[stream]:
+                    break
+                try:
+                    answer = self.agent.gateway.call("POST", f"/jobs/{self.job_id}/{stream}", data,
+                                                     params={**self.params, "offset": self.sent[stream]},
+                                                     retries=30 if everything else 2)
+                except (GatewayError, OSError):
+                    break
+                if not answer.get("accepted"):
+                    self.stop.set()  # the job is no longer ours
+                    return
+                self.sent[stream] += len(data)
+                if not data or not everything:
+                    break
 
     def _stage_out(self) -> None:
+        """Uploads the outputs; the job's containers have ended, and no path is followed (staging)."""
         for name in self.spec.get("outputFiles", []):
-            with open(staging.find_output_file(self.home, name), "rb") as handle:
-                self._upload(name, handle.read())
+            with staging.open_output_file(self.home, name) as handle:
+                self._upload(name, handle)
         for name in self.spec.get("outputDirs", []):
-            archive = staging.pack_output_dir(self.home, name)
+            archive = staging.pack_output_dir(self.home, name, scratch=self.sandbox.fs)
             try:
                 with open(archive, "rb") as handle:
-                    self._upload(name, handle.read())
+                    self._upload(name, handle)
             finally:
                 os.remove(archive)
 
-    def _upload(self, name: str, data: bytes) -> None:
+    def _upload(self, name: str, handle) -> None:
         try:
-            self.agent.gateway.call("PUT", f"/jobs/{self.job_id}/outputs", data, params={**self.params, "name": name})
+            self.agent.gateway.call("PUT", f"/jobs/{self.job_id}/outputs", handle, params={**self.params, "name": name})
         except (GatewayError, OSError) as error:
             raise staging.StageError("Unable to stageout output to object storage", str(error)) from None
 
@@ -350,4 +415,4 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with open(args.config) as handle:
         config = json.load(handle)
-    Agent(config).run()
+    raise SystemExit(Agent(config).run())

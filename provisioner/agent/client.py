@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -29,12 +30,18 @@ class Gateway:
         if isinstance(body, (bytes, bytearray)):
             data = bytes(body)
             headers["Content-Type"] = "application/octet-stream"
+        elif hasattr(body, "read"):  # a file, streamed from its start on every attempt
+            data = body
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(os.fstat(body.fileno()).st_size)
         elif body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         else:
             data = None
         for attempt in range(retries + 1):
+            if hasattr(data, "seek"):
+                data.seek(0)
             request = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:

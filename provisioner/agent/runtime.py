@@ -4,9 +4,9 @@ Standard library only (the agent is copied to nodes and run as `python3 -m agent
 
 Interface
 ---------
-build_argv(cmd: str | None, args: list[str] | None) -> list[str] | None
+build_argv(cmd: str | None, args: str | list[str] | None) -> list[str] | None
     PROMINENCE `cmd` is one command line: it is split with `shlex.split` into an argv, `args` are
-    appended, and the argv runs directly (never through a shell). No `cmd` and no `args` -> None,
+    appended (a string `args`, the seed's form, is split the same way), and the argv runs directly (never through a shell). No `cmd` and no `args` -> None,
     the image's default command. Shell features (pipes, `&&`, `$VAR`, globs, redirections) need an
     explicit shell: `cmd = "sh -c 'echo $HOME > out.txt'"`. An unbalanced quote -> ValueError.
 
@@ -29,11 +29,9 @@ Podman(executable="podman", containers_conf=None, *, cgroup_root="prominence",
     .prepare_image(image, credentials=None) -> ImageInfo
         A registry name already in local storage -> "cached" (pull_time -1); otherwise
         `podman pull` (bounded by pull_timeout; offline it fails within ~0.1 s) -> "completed", or
-        ImageError with podman's message. A path to an existing file (an uploaded `.tar`/`.tgz`
-        archive) is `podman load`-ed (docker/OCI archive) or else `podman import`-ed (root-fs
-        tarball) and tagged `localhost/prominence-archive-<sha256 of the file, 16 hex>:latest`, so the
-        next job with the same archive finds it cached. `.sif`/`.simg` -> ImageError. Run the task
-        with `ImageInfo.ref`. `credentials` = (username, token) for `podman pull --creds`.
+        ImageError with podman's message. A path on the node is never an image (ValueError: it
+        would let a job read the node's files); `.sif`/`.simg` -> ImageError. Run the task with
+        `ImageInfo.ref`. `credentials` = (username, token) for `podman pull --creds`.
     .run(spec: ContainerSpec, stop: threading.Event, walltime: float | None) -> TaskResult
         Blocks until the container exits. See "How run works" below.
     .stop_all(prefix: str) -> None
@@ -53,11 +51,18 @@ How run works
   it runs, stdout and stderr separate. `--log-driver none`, so podman keeps no second copy of the
   output in its storage. Podman's own error messages (e.g. "Error: statfs /x: no such file or
   directory") also land in the stderr file.
-* Options: `--name`, `--pull never` (images come from prepare_image only), `--network host` by
-  default (jobs reach PROMINENCE_URL on 127.0.0.1), `--cpus`, `--memory N m` with
+* Options: `--name`, `--pull never` (images come from prepare_image only), `--network` (none, or
+  the job's own namespace `ns:<path>`, see sandbox.py), `--dns`, `--cpus`, `--memory N m` with
   `--memory-swap` equal to it (so the limit is not extended by swap), `-e K=V`, `-w`,
   `-v host:ctr` (plus `:z` only where SELinux is enabled; not needed on Debian), `--sig-proxy=false`,
   and no `--init`.
+* Containment, always (DESIGN.md 3.5): a user namespace (`--uidmap/--gidmap 0:<uid_base>:65536`:
+  root inside is an unprivileged uid on the node), `--cap-drop all` plus only CAPABILITIES (what
+  root in an ordinary batch program uses, inside its namespace: owning and chmod-ing its files,
+  switching user, signalling its processes; never mknod, mount, raw sockets, ptrace, admin),
+  `no-new-privileges`, and a read-only root filesystem (as singularity's): a job writes in its
+  mounts (home, /tmp) and in podman's tmpfs (/run, counted in its memory). Measured here: no
+  slower than a plain `podman run`.
 * argv: when given, argv[0] replaces the image's ENTRYPOINT (`--entrypoint '["argv0"]'`) and the
   rest are its arguments; the image's CMD is dropped: the semantics of `singularity exec IMAGE cmd`
   (PROMINENCE's default runtime is singularity; promlet's exact call was not checked). argv None
@@ -104,7 +109,6 @@ from __future__ import annotations
 
 import datetime
 import glob
-import hashlib
 import json
 import math
 import os
@@ -128,8 +132,9 @@ runtime = "runc"
 """
 
 CGROUP_FS = "/sys/fs/cgroup"
+DEFAULT_UID_BASE = 1 << 31  # the start of podman's own `--userns=auto` range: no host account
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE")
 _POLL = 0.1  # seconds between checks of the container, the stop event and the walltime
-_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _SINGULARITY_SUFFIXES = (".sif", ".simg")
 
 
@@ -145,7 +150,9 @@ class ContainerSpec:
     memory_mb: int | None = None
     stdout_path: str = "/dev/null"  # appended to while the container runs
     stderr_path: str = "/dev/null"
-    network: str = "host"  # "host" so jobs reach PROMINENCE_URL on 127.0.0.1; or "none"
+    network: str = "none"  # or "ns:<path>", the job's network namespace (sandbox.Sandbox.netns)
+    dns: tuple[str, ...] = ()  # resolvers for the container's /etc/resolv.conf
+    uid_base: int = DEFAULT_UID_BASE  # the node uid (and gid) that is root in the container
 
 
 @dataclass
@@ -177,15 +184,17 @@ class RuntimeUnavailable(RuntimeError):
     """The task asked for a container runtime this node cannot provide."""
 
 
-def build_argv(cmd: str | None, args: list[str] | None) -> list[str] | None:
-    """PROMINENCE cmd/args -> argv: shlex.split(cmd) + args; None when both are empty."""
+def build_argv(cmd: str | None, args: str | list[str] | None) -> list[str] | None:
+    """PROMINENCE cmd/args -> argv: shlex.split(cmd) + args (a string is split the same way, a
+    list is the words themselves); None when both are empty."""
     argv: list[str] = []
-    if cmd:
+    for name, line in (("cmd", cmd), ("args", args if isinstance(args, str) else None)):
         try:
-            argv = shlex.split(cmd)
+            argv += shlex.split(line or "")
         except ValueError as exc:
-            raise ValueError(f"cannot split cmd {cmd!r}: {exc}") from None
-    argv += [str(a) for a in args or []]
+            raise ValueError(f"cannot split {name} {line!r}: {exc}") from None
+    if isinstance(args, list):
+        argv += [str(a) for a in args]
     return argv or None
 
 
@@ -302,17 +311,13 @@ class Podman:
         return self._version
 
     def prepare_image(self, image: str, credentials: tuple[str, str] | None = None) -> ImageInfo:
-        if not image or image.startswith("-"):
-            raise ImageError(f"invalid image name {image!r}")
+        if not image or image.startswith(("-", "/", ".", "~")):  # the description's fault, not the node's
+            raise ValueError(f"{image!r} is not an image reference (a path on the node never is)")
         if image.lower().endswith(_SINGULARITY_SUFFIXES):
             raise ImageError(
                 f"{image} is a Singularity image; this node runs containers with podman, which "
                 "cannot run .sif/.simg images"
             )
-        if os.path.isfile(image) or (
-            image.startswith("/") and image.lower().endswith(_ARCHIVE_SUFFIXES)
-        ):
-            return self._load_archive(image)
         if (digest := self._local_digest(image)) is not None:
             return ImageInfo("cached", -1.0, digest, image)
         started = time.monotonic()
@@ -427,7 +432,12 @@ class Podman:
         command = [
             self.executable, "run", "--name", spec.name, "--pull", "never",
             "--log-driver", "none", "--sig-proxy=false", "--network", spec.network,
+            "--read-only", "--cap-drop", "all", "--cap-add", ",".join(CAPABILITIES),
+            "--security-opt", "no-new-privileges",
+            "--uidmap", f"0:{int(spec.uid_base)}:65536", "--gidmap", f"0:{int(spec.uid_base)}:65536",
         ]
+        for server in spec.dns:
+            command += ["--dns", server]
         if spec.cpus is not None:
             command += ["--cpus", f"{float(spec.cpus):g}"]
         if spec.memory_mb is not None:
@@ -471,34 +481,6 @@ class Podman:
             return None
         digest = data.get("Digest") or data.get("Id") or ""
         return digest.removeprefix("sha256:") or None
-
-    def _load_archive(self, path: str) -> ImageInfo:
-        if not os.path.isfile(path):
-            raise ImageError(f"image archive {path} does not exist")
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        ref = f"localhost/prominence-archive-{digest.hexdigest()[:16]}:latest"
-        if (digest := self._local_digest(ref)) is not None:
-            return ImageInfo("cached", -1.0, digest, ref)
-        started = time.monotonic()
-        loaded = self._podman("load", "--input", path, timeout=self.pull_timeout)
-        if loaded.returncode == 0:
-            match = re.search(r"Loaded image(?:\(s\))?:\s*([^\s,]+)", loaded.stdout + loaded.stderr)
-            if not match:
-                raise ImageError(f"podman load {path} did not say which image it loaded")
-            tagged = self._podman("tag", match.group(1), ref, timeout=60)
-            if tagged.returncode != 0:
-                raise ImageError(f"cannot tag image loaded from {path}: {_error_text(tagged.stderr)}")
-        else:
-            imported = self._podman("import", "--quiet", path, ref, timeout=self.pull_timeout)
-            if imported.returncode != 0:
-                raise ImageError(
-                    f"cannot load image archive {path}: podman load: {_error_text(loaded.stderr)}; "
-                    f"podman import: {_error_text(imported.stderr)}"
-                )
-        return ImageInfo("completed", time.monotonic() - started, self._local_digest(ref), ref)
 
 
 class _ParentCgroup:

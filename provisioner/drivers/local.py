@@ -26,6 +26,7 @@ from libcloud.compute.providers import DRIVERS, get_driver, set_driver
 from libcloud.compute.types import NodeState
 
 from provisioner.agent.runtime import Podman
+from provisioner.agent.sandbox import release
 
 LOCAL_PROVIDER = "local"
 NODE_FILE = "node.json"
@@ -153,9 +154,11 @@ class LocalNodeDriver(NodeDriver):
         if shutil.which("podman"):
             conf = node_dir / "containers.conf"
             Podman(containers_conf=str(conf) if conf.exists() else None).stop_all(f"{node.name}-")
-        shutil.rmtree(node_dir, ignore_errors=True)
+        # ... and so does it leave its jobs' sandboxes: their filesystems and network namespaces
+        # are mounts, detached before anything below them is removed.
+        release(str(node_dir))
         if node_dir.exists():  # something recreated files meanwhile: one more try, then report
-            shutil.rmtree(node_dir, ignore_errors=True)
+            release(str(node_dir))
         return not node_dir.exists()
 
     def reboot_node(self, node: Node) -> bool:
