@@ -31,6 +31,8 @@ log = logging.getLogger("prominence.provisioner")
 AGENT_SOURCE = Path(__file__).parent / "agent"
 LIVE_STATES = ("creating", "configuring", "ready", "draining")
 BOOTING_STATES = ("creating", "configuring")
+# Not a retry: a planned stop of the service is not the job's failure (docs/running-jobs.md).
+SERVICE_STOPPED = "Requeued: the service stopped, and its local nodes with it"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ProvisionerConfig:
     tick_interval: float = 1.0
     reconcile_interval: float = 30.0
     max_booting: int = 1  # nodes booting at once on the cloud
+    agent_gateway_timeout: float = 900.0  # an agent that cannot reach the gateway this long stops its jobs
 
 
 def service_id(data_dir: Path) -> str:
@@ -96,11 +99,14 @@ class Provisioner:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops the loop, then the local cloud's nodes: they run on this machine for this service
+        and stop with it, so no agent or container outlives the service."""
         self._stopping.set()
         self._jobs_changed.notify()
         if self._thread.is_alive():
             self._thread.join()
         self._workers.shutdown(wait=True, cancel_futures=True)
+        self._stop_local_nodes()
 
     def _run(self) -> None:
         reconciled = time.monotonic()
@@ -251,6 +257,7 @@ class Provisioner:
                 "token": self._tokens.issue_node_token(node_id), "work_dir": str(Path(vm.extra["dir"]) / "work"),
                 "cpus": request.cpus, "memory_mb": request.memory_mb, "disk_gb": request.disk_gb,
                 "heartbeat_interval": self._config.heartbeat_interval,
+                "gateway_timeout": self._config.agent_gateway_timeout,
                 "containers_conf": str(Path(vm.extra["dir"]) / "containers.conf"),
             }
             result = configure_node("127.0.0.1", vm.extra["dir"], agent_config, AGENT_SOURCE, connection="local")
@@ -286,7 +293,10 @@ class Provisioner:
         if running:
             log.warning("node %d %s (%s): jobs %s requeued or failed", node_id, final_state, reason,
                         [job.id for job in running])
-        self._workers.submit(self._destroy, node_id, row.name, final_state)
+        try:
+            self._workers.submit(self._destroy, node_id, row.name, final_state)
+        except RuntimeError:  # a node failing while the service stops: _stop_local_nodes destroys it
+            log.info("node %d is destroyed with the service", node_id)
 
     def _destroy(self, node_id: int, name: str, final_state: str) -> None:
         for vm in self._driver.list_nodes():
@@ -296,6 +306,35 @@ class Provisioner:
             self._set_node(node_id, state="deleted")
         self._jobs_changed.notify()
 
+    def _stop_local_nodes(self) -> None:
+        """Every VM of this service on the local cloud is destroyed (agent and containers). The
+        jobs its nodes had go back to the queue without counting a retry, so the next start runs
+        them again."""
+        cloud = self._config.cloud.name
+        with self._engine.begin() as connection:
+            stopped = connection.execute(select(nodes.c.id).where(
+                nodes.c.cloud == cloud, nodes.c.state.in_(LIVE_STATES))).scalars().all()
+            connection.execute(update(nodes).where(nodes.c.id.in_(stopped)).values(
+                state="deleting", state_reason="the service stopped"))
+            requeued = connection.execute(
+                update(jobs).where(jobs.c.node_id.in_(stopped), jobs.c.status.in_((JobStatus.IDLE, JobStatus.RUNNING)))
+                .values(status=JobStatus.IDLE, node_id=None, status_reason=SERVICE_STOPPED)
+                .returning(jobs.c.id)).scalars().all()
+        vms = self._our_vms()
+        if vms or requeued:
+            log.info("stopping the local nodes %s; jobs %s requeued", [vm.name for vm in vms], requeued)
+        for vm in vms:
+            self._driver.destroy_node(vm)
+        left = {vm.name for vm in self._driver.list_nodes()}
+        with self._engine.begin() as connection:  # also nodes whose deletion was under way
+            connection.execute(update(nodes).where(nodes.c.cloud == cloud, nodes.c.state == "deleting",
+                                                   nodes.c.name.not_in(left)).values(state="deleted"))
+
+    def _our_vms(self) -> list[Any]:
+        """The cloud's VMs tagged with this service's id."""
+        return [vm for vm in self._driver.list_nodes()
+                if (vm.extra.get("tags") or {}).get("prominence-service") == self._config.service_id]
+
     def reconcile(self) -> None:
         """The database against the cloud: VMs tagged with this service's id that the database
         does not know as live are destroyed (none is ever leaked); nodes whose VM vanished are
@@ -303,11 +342,10 @@ class Provisioner:
         with self._engine.connect() as connection:
             live = connection.execute(select(nodes.c.id, nodes.c.name, nodes.c.state)
                                       .where(nodes.c.state.in_(LIVE_STATES))).all()
-        vms = self._driver.list_nodes()
+        vms = self._our_vms()
         names = {vm.name for vm in vms}
         for vm in vms:
-            tags = vm.extra.get("tags") or {}
-            if tags.get("prominence-service") == self._config.service_id and vm.name not in {n.name for n in live}:
+            if vm.name not in {n.name for n in live}:
                 log.warning("destroying VM %s, which the database does not know", vm.name)
                 self._driver.destroy_node(vm)
         for node in live:

@@ -2,7 +2,9 @@
 playbook through ansible-runner, and the node's agent runs every task in a real podman container
 (image built locally from busybox-static; nothing is pulled from a registry).
 
-One server serves the whole module, so nodes are created once and reused while they are busy.
+One server serves the whole module, so nodes are created once and reused while they are busy. The
+core path (inputs and outputs, a failing task, delete while running) also runs on a second
+server on PostgreSQL.
 """
 import base64
 import io
@@ -16,13 +18,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from provisioner.drivers.local import LocalNodeDriver
+from schema.db import make_engine
+from schema.enums import StatusReason
+from schema.tables import jobs, nodes
 from tests.images import busybox_image, podman_env
 from tests.conftest import tgz
+from tests.jobs import describe, job, submit, wait_for
 from tests.live import LiveServer
+from tests.services import create_database
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 HEARTBEAT_TIMEOUT = 8
 
@@ -32,52 +40,49 @@ def image():
     return busybox_image()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, image):
-    root = tmp_path_factory.mktemp("e2e")
-    live = LiveServer(root / "data", f"sqlite:///{root / 'state.db'}", provisioner=True,
+def serve(root: Path, database_url: str):
+    live = LiveServer(root / "data", database_url, provisioner=True,
                       extra_args=("--idle-timeout", "120", "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT),
                                   "--local-cpus", "2", "--local-memory-mb", "4096"))
     with live:
         yield live
-    # Local nodes outlive the server (as VMs would); destroy them with their agents and containers.
+    # The server destroys its nodes when it stops; this is the safety net if it could not.
     driver = LocalNodeDriver(str(live.data_dir / "nodes"))
     for node in driver.list_nodes():
         driver.destroy_node(node)
 
 
-@pytest.fixture(scope="module")
-def client(server):
+def api_client(server: LiveServer):
     with httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {server.token()}"},
                       timeout=30) as http:
         yield http
 
 
-def job(image, *tasks, cpus=1, memory=0.5, **extra):
-    return {"resources": {"cpus": cpus, "memory": memory, "disk": 1, **extra.pop("resources", {})},
-            "tasks": [{"image": image, **task} for task in tasks], **extra}
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, image):
+    root = tmp_path_factory.mktemp("e2e")
+    yield from serve(root, f"sqlite:///{root / 'state.db'}")
 
 
-def submit(client, spec) -> int:
-    response = client.post("/jobs", json=spec)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+@pytest.fixture(scope="module")
+def client(server):
+    yield from api_client(server)
 
 
-def describe(client, job_id) -> dict:
-    response = client.get(f"/jobs/{job_id}")
-    assert response.status_code == 200, response.text
-    return response.json()[0]
+@pytest.fixture(scope="module")
+def postgresql_server(tmp_path_factory, image, postgres_base_url):
+    yield from serve(tmp_path_factory.mktemp("e2e-pg"), create_database(postgres_base_url, "e2e_jobs"))
 
 
-def wait_for(client, job_id, statuses=("completed", "failed", "killed", "deleted"), timeout=120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = describe(client, job_id)
-        if current["status"] in statuses:
-            return current
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} still {current['status']} ({current.get('statusReason')}) after {timeout} s")
+@pytest.fixture(scope="module")
+def postgresql_client(postgresql_server):
+    yield from api_client(postgresql_server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def client_on_each_database(request):
+    """The core path runs on both databases the service supports."""
+    return request.getfixturevalue("client" if request.param == "sqlite" else "postgresql_client")
 
 
 def containers_of(job_id: int) -> list[str]:
@@ -86,26 +91,29 @@ def containers_of(job_id: int) -> list[str]:
     return [n for n in names if f"-{job_id}-" in n]
 
 
-def test_job_with_inputs_env_two_tasks_and_outputs(client, image):
+def test_job_with_inputs_env_two_tasks_and_outputs(client_on_each_database, image):
+    client = client_on_each_database
     script = base64.b64encode(b"#!/bin/sh\necho \"script sees $GREETING\"\n").decode()
     spec = job(image,
                {"cmd": "sh -c 'mkdir -p results && echo $GREETING > results/a.txt && ./hello.sh && pwd'",
                 "env": {"GREETING": "hi there"}},
                {"cmd": "sh", "args": ["-c", "echo second task; echo to-stderr >&2; echo data > out.txt; "
                                             "echo $PROMINENCE_JOB_ID $PROMINENCE_CPUS"]},
+               {"cmd": "echo", "args": "'the seed writes' args as-a-string"},
                inputs=[{"filename": "hello.sh", "content": script, "executable": True}],
                outputFiles=["out.txt"], outputDirs=["results"], name="full-job")
     job_id = submit(client, spec)
     done = wait_for(client, job_id)
     assert done["status"] == "completed", done
     stdout = client.get(f"/jobs/{job_id}/stdout").text
-    assert stdout.splitlines() == ["script sees hi there", "/home/user", "second task", f"{job_id} 1"]
+    assert stdout.splitlines() == ["script sees hi there", "/home/user", "second task", f"{job_id} 1",
+                                   "the seed writes args as-a-string"]
     assert client.get(f"/jobs/{job_id}/stderr").text == "to-stderr\n"
     execution = done["execution"]
-    assert [t["exitCode"] for t in execution["tasks"]] == [0, 0]
+    assert [t["exitCode"] for t in execution["tasks"]] == [0, 0, 0]
     for task in execution["tasks"]:
         assert task["imagePullTime"] == -1 and task["imageSha256"]
-        assert task["wallTimeUsage"] > 0 and "cpuTimeUsage" in task and "maxResidentSetSizeKB" in task
+        assert task["wallTimeUsage"] >= 0 and "cpuTimeUsage" in task and "maxResidentSetSizeKB" in task
     assert execution["site"] == "local"
     assert execution["provisionedResources"]["cpus"] >= 1
     assert "podman" in execution["runtimeVersion"]
@@ -121,8 +129,9 @@ def test_job_with_inputs_env_two_tasks_and_outputs(client, image):
     assert httpx.get(tampered).status_code == 403
 
 
-def test_artifacts_are_fetched_unpacked_and_mounted(client, image, web):
-    root, url = web
+def test_artifacts_are_fetched_unpacked_and_mounted(client, image, remote):
+    """From a host elsewhere on the network: the agent fetches artifacts through the job's network."""
+    root, url = remote.root, remote.url
     (root / "data.tgz").write_bytes(tgz({"data/a.txt": b"artifact content\n"}))
     job_id = submit(client, job(image, {"cmd": "cat /mnt/data/a.txt"},
                                 artifacts=[{"url": f"{url}/data.tgz", "mountpoint": "data:/mnt/data"}]))
@@ -134,7 +143,8 @@ def test_artifacts_are_fetched_unpacked_and_mounted(client, image, web):
     assert (missing["status"], missing["statusReason"]) == ("failed", "Artifact download failed")
 
 
-def test_failing_task_stops_the_rest_unless_failures_are_ignored(client, image):
+def test_failing_task_stops_the_rest_unless_failures_are_ignored(client_on_each_database, image):
+    client = client_on_each_database
     tasks = ({"cmd": "sh -c 'echo first; exit 3'"}, {"cmd": "echo second"})
     strict = submit(client, job(image, *tasks))
     lenient = submit(client, job(image, *tasks, policies={"ignoreTaskFailures": True}))
@@ -159,7 +169,8 @@ def test_memory_limit_kills_the_job(client, image):
     assert (done["status"], done["statusReason"]) == ("killed", "Job used too much memory")
 
 
-def test_stdout_streams_while_running_and_delete_stops_the_container(client, image):
+def test_stdout_streams_while_running_and_delete_stops_the_container(client_on_each_database, image):
+    client = client_on_each_database
     job_id = submit(client, job(image, {"cmd": "sh -c 'echo started; sleep 300'"}))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -209,15 +220,29 @@ def test_walltime_kills_the_job_and_queue_time_is_limited(client, image):
     assert (expired["status"], expired["statusReason"]) == ("failed", "Maximum time queued was exceeded")
 
 
+def database_row(server, statement):
+    """One row of the server's database."""
+    engine = make_engine(server.database_url)
+    with engine.connect() as connection:
+        row = connection.execute(statement).one()
+    engine.dispose()
+    return row
+
+
 def test_killed_agent_jobs_run_again_elsewhere(client, server, image):
     job_id = submit(client, job(image, {"cmd": "sh -c 'sleep 3; echo finished'"}))
     wait_for(client, job_id, statuses=("running",))
+    node_of_job = select(jobs.c.node_id).where(jobs.c.id == job_id)
+    first_node = database_row(server, node_of_job).node_id
     for pidfile in (server.data_dir / "nodes").glob("*/agent.pid"):
         os.kill(int(pidfile.read_text()), signal.SIGKILL)
     done = wait_for(client, job_id, timeout=180)
     assert done["status"] == "completed"
     assert done["execution"]["retries"] == 1
     assert client.get(f"/jobs/{job_id}/stdout").text == "finished\n"
+    assert database_row(server, node_of_job).node_id != first_node, "it ran again on the node that was lost"
+    lost = database_row(server, select(nodes.c.state, nodes.c.state_reason).where(nodes.c.id == first_node))
+    assert tuple(lost) == ("lost", StatusReason.NODE_LOST)
 
 
 def test_cli_create_stdout_describe(server, image, tmp_path):
