@@ -54,6 +54,7 @@ test: $(STAMP) system-packages
 
 bench: $(STAMP) system-packages
 	$(BIN)/python bench/submit.py
+	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/dispatch.py
 
 clean:
