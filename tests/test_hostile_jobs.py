@@ -14,8 +14,12 @@ import time
 
 import httpx
 import pytest
+from sqlalchemy import insert
 
+from gateway.services.batcher import allocate_ids
 from provisioner.drivers.local import LocalNodeDriver
+from schema.db import make_engine
+from schema.tables import jobs
 from tests.conftest import tgz
 from tests.images import busybox_image
 from tests.jobs import describe, job, submit, wait_for
@@ -191,6 +195,22 @@ def test_an_image_is_never_a_path_on_the_node(mallory, image):
     for path in ("/etc/shadow", "../data/secret.key", "./image.tar", "~/image.tar"):
         response = mallory.post("/jobs", json=job(image, {"cmd": "true", "image": path}))
         assert response.status_code == 400 and "tasks[0].image" in response.json()["error"], response.text
+
+
+def test_a_description_that_cannot_run_is_the_users_failure_not_retried(server, mallory, image):
+    """A stored description that breaks at run time (stored before today's rules, which refuse it
+    at submission) fails once, as the user's failure: no node is blamed, nothing is retried."""
+    engine = make_engine(server.database_url)
+    spec = {"resources": {"cpus": 1, "memory": 0.5, "disk": 1, "nodes": 1},
+            "tasks": [{"image": image, "runtime": "singularity", "cmd": "echo 'unbalanced"}]}
+    with engine.begin() as connection:
+        [job_id] = allocate_ids(connection, 1)
+        connection.execute(insert(jobs).values(id=job_id, owner="mallory", status="idle", spec=spec, execution={},
+                                               create_time=int(time.time()), memory_mb=512, disk_gb=1))
+    engine.dispose()
+    done = wait_for(mallory, job_id)
+    assert done["status"] == "failed" and "cannot split cmd" in done["statusReason"], done
+    assert "retries" not in done["execution"]
 
 
 def test_a_job_that_writes_more_than_its_disk_is_stopped(mallory, image):
