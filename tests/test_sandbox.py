@@ -2,6 +2,7 @@
 kernel pieces (loop-mounted ext4, a network namespace with slirp4netns) and real podman."""
 import http.server
 import os
+import socket
 import subprocess
 import threading
 
@@ -82,6 +83,33 @@ def test_the_job_reaches_the_gateway_and_the_world_but_not_the_nodes_loopback(po
     finally:
         box.close()
         other.shutdown()
+
+
+def test_a_job_cannot_tie_up_the_agent_with_connections_to_the_gateway(tmp_path):
+    """Each relayed connection takes a thread of the agent: a job that opens many gets only
+    MAX_RELAYED at once; the others are closed at once."""
+    gateway = socket.create_server(("127.0.0.1", 0), backlog=128)  # accepts, never answers
+    box = sandbox.Sandbox.create(str(tmp_path / "job"), 1, sandbox.uid_base(13), gateway.getsockname())
+    connections = []
+    try:
+        for _ in range(sandbox.MAX_RELAYED + 8):
+            connection = sandbox._in_netns(box.netns, lambda: socket.socket())
+            connection.settimeout(5)
+            connection.connect(gateway.getsockname())
+            connections.append(connection)
+        refused = 0
+        for connection in connections:
+            connection.settimeout(0.2)
+            try:
+                refused += connection.recv(1) == b""
+            except TimeoutError:
+                pass  # relayed, waiting for the gateway
+        assert refused == 8
+    finally:
+        for connection in connections:
+            connection.close()
+        box.close()
+        gateway.close()
 
 
 def test_the_disk_holds_what_was_asked_for_and_no_more(podman, tmp_path):

@@ -196,9 +196,8 @@ class JobRunner(threading.Thread):
         except (GatewayError, OSError):
             log.exception("could not report the end of job %s", self.job_id)
         finally:
-            if self.sandbox is not None:
+            if self.sandbox is not None:  # (a sandbox that failed to be made removed itself)
                 self.sandbox.close()
-            sandbox.release(self.dir)
 
     @property
     def home(self) -> str:

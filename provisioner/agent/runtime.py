@@ -6,8 +6,8 @@ Interface
 ---------
 build_argv(cmd: str | None, args: str | list[str] | None) -> list[str] | None
     PROMINENCE `cmd` is one command line: it is split with `shlex.split` into an argv, `args` are
-    appended (a string `args`, the seed's form, is split the same way), and the argv runs directly (never through a shell). No `cmd` and no `args` -> None,
-    the image's default command. Shell features (pipes, `&&`, `$VAR`, globs, redirections) need an
+    appended (a string `args`, the seed's form, is split the same way), and the argv runs
+    directly (never through a shell). No `cmd` and no `args` -> None, the image's default command. Shell features (pipes, `&&`, `$VAR`, globs, redirections) need an
     explicit shell: `cmd = "sh -c 'echo $HOME > out.txt'"`. An unbalanced quote -> ValueError.
 
 runtime_for(task_runtime: str | None, podman: Podman | None = None) -> Podman

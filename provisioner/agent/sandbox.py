@@ -102,70 +102,75 @@ def release(directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _new_netns(path: str, listen: list[tuple[str, int]]) -> list[socket.socket]:
-    """A new network namespace with its loopback up, kept alive by a bind mount on `path`, and
-    listening sockets on `listen` (address, port) inside it. Namespaces belong to threads: a
-    thread of its own moves into the new one and ends there; its sockets stay in it."""
+def _in_new_thread(work):
+    """`work()` in a thread of its own, which ends after it: namespaces belong to threads, and a
+    thread that entered a job's network namespace must never run anything else. Its result, or
+    its OSError/SandboxError raised here."""
     result: list = []
 
-    def inside() -> None:
+    def run() -> None:
         try:
-            _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                request = struct.pack("16sH22x", b"lo", 0)
-                flags = struct.unpack("16sH22x", fcntl.ioctl(probe, _SIOCGIFFLAGS, request))[1]
-                fcntl.ioctl(probe, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
-            # Link-local addresses are the cloud's metadata service (169.254.169.254), which
-            # would tell a job the VM's credentials: unreachable from the job's namespace.
-            # (A child process runs in its parent thread's namespaces.)
-            _run("ip", "route", "add", "unreachable", "169.254.0.0/16")
-            sockets = []
-            for address, port in listen:
-                family = socket.AF_INET6 if ":" in address else socket.AF_INET
-                listener = socket.socket(family, socket.SOCK_STREAM)
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                listener.bind((address, port))
-                listener.listen(64)
-                listener.setblocking(False)
-                sockets.append(listener)
-            with open(path, "w"):
-                pass
-            _check(_libc.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net".encode(), os.fsencode(path),
-                               None, _MS_BIND, None), f"bind mount of the network namespace on {path}")
-            result.append(sockets)
+            result.append(work())
         except (OSError, SandboxError) as error:
             result.append(error)
 
-    thread = threading.Thread(target=inside, name="netns", daemon=True)
+    thread = threading.Thread(target=run, name="netns", daemon=True)
     thread.start()
     thread.join()
     if isinstance(result[0], Exception):
-        raise SandboxError(f"cannot make the job's network namespace: {result[0]}")
-    return result[0]
-
-
-def _in_netns(path: str, make):
-    """`make()` called in a thread that has entered the network namespace at `path`."""
-    result: list = []
-
-    def inside() -> None:
-        try:
-            with open(path) as namespace:
-                _check(_libc.setns(namespace.fileno(), _CLONE_NEWNET), "setns")
-            result.append(make())
-        except OSError as error:
-            result.append(error)
-
-    thread = threading.Thread(target=inside, name="netns", daemon=True)
-    thread.start()
-    thread.join()
-    if isinstance(result[0], OSError):
         raise result[0]
     return result[0]
 
 
+def _new_netns(path: str, listen: list[tuple[str, int]]) -> list[socket.socket]:
+    """A new network namespace with its loopback up, kept alive by a bind mount on `path`, and
+    listening sockets on `listen` (address, port) inside it (sockets stay in the namespace they
+    were made in)."""
+    def inside() -> list[socket.socket]:
+        _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            request = struct.pack("16sH22x", b"lo", 0)
+            flags = struct.unpack("16sH22x", fcntl.ioctl(probe, _SIOCGIFFLAGS, request))[1]
+            fcntl.ioctl(probe, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+        # Link-local addresses are the cloud's metadata service (169.254.169.254), which would
+        # tell a job the VM's credentials: unreachable from the job's namespace. (A child process
+        # runs in its parent thread's namespaces.)
+        _run("ip", "route", "add", "unreachable", "169.254.0.0/16")
+        sockets = []
+        for address, port in listen:
+            listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((address, port))
+            listener.listen(64)
+            listener.setblocking(False)
+            sockets.append(listener)
+        with open(path, "w"):
+            pass
+        _check(_libc.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net".encode(), os.fsencode(path),
+                           None, _MS_BIND, None), f"bind mount of the network namespace on {path}")
+        return sockets
+
+    try:
+        return _in_new_thread(inside)
+    except (OSError, SandboxError) as error:
+        raise SandboxError(f"cannot make the job's network namespace: {error}") from None
+
+
+def _in_netns(path: str, make):
+    """`make()` called in a thread that has entered the network namespace at `path`."""
+    def inside():
+        with open(path) as namespace:
+            _check(_libc.setns(namespace.fileno(), _CLONE_NEWNET), "setns")
+        return make()
+    return _in_new_thread(inside)
+
+
+MAX_RELAYED = 32  # connections a job may have open to the gateway at once
+
+
 class _Relay(threading.Thread):
-    """Relays connections accepted inside the job's namespace to one address outside it."""
+    """Relays connections accepted inside the job's namespace to one address outside it, at most
+    MAX_RELAYED at once (each takes a thread of the agent): more are closed as they come."""
 
     def __init__(self, listeners: list[socket.socket], target: tuple[str, int]):
         super().__init__(name="gateway-relay", daemon=True)
@@ -184,8 +189,12 @@ class _Relay(threading.Thread):
                     client, _ = listener.accept()
                 except OSError:
                     continue
+                self._pipes = [pipe for pipe in self._pipes if pipe.is_alive()]
+                if len(self._pipes) >= MAX_RELAYED:
+                    client.close()
+                    continue
                 pipe = threading.Thread(target=self._pipe, args=(client,), name="relay", daemon=True)
-                self._pipes = [p for p in self._pipes if p.is_alive()] + [pipe]
+                self._pipes.append(pipe)
                 pipe.start()
 
     def _pipe(self, client: socket.socket) -> None:

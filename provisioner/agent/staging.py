@@ -71,7 +71,7 @@ def _opener(create_connection) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
 
 
-def fetch_artifacts(home: str, artifacts: list[dict], mounts_dir: str | None = None,
+def fetch_artifacts(home: str, artifacts: list[dict], mounts_dir: str,
                     create_connection=socket.create_connection) -> list[tuple[str, str]]:
     """Download each artifact into `home` (connections made by `create_connection`: the agent
     passes its sandbox's, so an artifact reaches no more than the job could), unpack archives in
@@ -102,12 +102,10 @@ def fetch_artifacts(home: str, artifacts: list[dict], mounts_dir: str | None = N
             host = inside(home, source)
             if not os.path.isdir(host):
                 raise StageError("Artifact download failed", f"{source} (of mountpoint {mountpoint}) is not a directory")
-            if mounts_dir is not None:
-                moved = os.path.join(mounts_dir, str(len(mounts)))
-                os.rename(host, moved)
-                os.symlink(target, host)
-                host = moved
-            mounts.append((host, target))
+            moved = os.path.join(mounts_dir, str(len(mounts)))
+            os.rename(host, moved)
+            os.symlink(target, host)
+            mounts.append((moved, target))
     return mounts
 
 
