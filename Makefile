@@ -8,6 +8,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
+# moto's EC2 server for the tests (tests/services.py: moto_server), in a venv of its own: moto
+# brings botocore, which pins python-dateutil<3 and would downgrade the app venv's.
+MOTO_VENV ?= .venv-moto
+MOTO_VERSION ?= 5.2.5
+MOTO_STAMP = $(MOTO_VENV)/.installed-$(MOTO_VERSION)
 
 .PHONY: serve test bench serve-packages system-packages clean
 
@@ -16,6 +21,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip setuptools
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(MOTO_STAMP):
+	@rm -f $(MOTO_VENV)/.installed-*
+	@$(PYTHON) -m venv $(MOTO_VENV)
+	@$(MOTO_VENV)/bin/pip install --quiet --disable-pip-version-check 'moto[server]==$(MOTO_VERSION)'
+	@touch $(MOTO_STAMP)
 
 # Debian packages: podman with runc (the agent's container runtime), slirp4netns, iproute2 and
 # e2fsprogs (each job's own network and disk: provisioner/agent/sandbox.py) and busybox-static (the
@@ -49,13 +60,13 @@ serve: $(STAMP) serve-packages
 	echo ""; \
 	exec $(BIN)/prominence-server serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
 
-test: $(STAMP) system-packages
+test: $(STAMP) $(MOTO_STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) system-packages
+bench: $(STAMP) $(MOTO_STAMP) system-packages
 	$(BIN)/python bench/submit.py
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/dispatch.py
 
 clean:
-	rm -rf $(VENV) $(DATA)
+	rm -rf $(VENV) $(MOTO_VENV) $(DATA)

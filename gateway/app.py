@@ -63,13 +63,19 @@ async def server_error(request: Request, error: Exception) -> Response:
 
 
 def build_provisioner(settings: Settings, engine, tokens: TokenAuthority, jobs_changed: Signal, assigned: Signal):
-    from provisioner.service import LocalCloud, Provisioner, ProvisionerConfig, service_id
+    from gateway.services.clouds import CloudService
+    from provisioner.service import Provisioner, ProvisionerConfig, service_id
+    from schema.credentials import CredentialBox
 
-    cloud = LocalCloud.this_machine(settings.data_dir / "nodes", settings.local_cpus, settings.local_memory_mb)
-    config = ProvisionerConfig(gateway_url=settings.public_url, cloud=cloud, service_id=service_id(settings.data_dir),
-                               idle_timeout=settings.idle_timeout, heartbeat_timeout=settings.heartbeat_timeout,
-                               agent_gateway_timeout=settings.agent_gateway_timeout)
-    return Provisioner(engine, config, tokens, jobs_changed, assigned)
+    box = CredentialBox.for_data_dir(settings.data_dir)
+    CloudService(engine, box).ensure_local(settings.data_dir / "nodes", settings.local_cpus,
+                                           settings.local_memory_mb, settings.idle_timeout)
+    config = ProvisionerConfig(gateway_url=settings.public_url, service_id=service_id(settings.data_dir),
+                               heartbeat_timeout=settings.heartbeat_timeout,
+                               agent_gateway_timeout=settings.agent_gateway_timeout,
+                               reconcile_interval=settings.reconcile_interval,
+                               agent_ca_pem=settings.agent_ca_pem)
+    return Provisioner(engine, config, tokens, box, jobs_changed, assigned)
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -5,8 +5,10 @@ import signal
 import sys
 import threading
 
+from gateway.cloud_cli import add_commands as add_cloud_commands
+from schema.errors import DomainError
 from schema.identity import TokenAuthority
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 
 
 def _settings(args: argparse.Namespace, **extra) -> Settings:
@@ -14,7 +16,9 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
                          idle_timeout=args.idle_timeout, heartbeat_timeout=args.heartbeat_timeout,
                          local_cpus=args.local_cpus, local_memory_mb=args.local_memory_mb,
                          agent_gateway_timeout=args.agent_gateway_timeout,
-                         client_timeout=getattr(args, "client_timeout", None), **extra)
+                         reconcile_interval=args.reconcile_interval,
+                         client_timeout=getattr(args, "client_timeout", None),
+                         tls_cert=args.tls_cert, tls_key=args.tls_key, agent_ca=args.agent_ca, **extra)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -36,7 +40,8 @@ def _serve(args: argparse.Namespace) -> None:
     # requests would skip the shutdown that stops the local nodes.
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log,
                                    log_level=os.environ.get("PROMINENCE_LOG_LEVEL", "info"),
-                                   timeout_graceful_shutdown=3, http=http_protocol(settings.client_timeout)))
+                                   timeout_graceful_shutdown=3, http=http_protocol(settings.client_timeout),
+                                   ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key))
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down (as uvicorn.run ignores it)
@@ -86,10 +91,11 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--data-dir", help="state and storage (default ./data, or PROMINENCE_DATA_DIR)")
         command.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the data dir, or "
                                                     "PROMINENCE_DATABASE_URL); postgresql+psycopg://... works too")
-        command.add_argument("--public-url", help="the URL jobs, agents and download links use "
-                                                  "(default http://HOST:PORT)")
+        command.add_argument("--public-url", help="the URL jobs, agents and download links use, e.g. a "
+                                                  "TLS-terminating proxy's (default http(s)://HOST:PORT)")
         command.add_argument("--idle-timeout", type=float,
-                             help="seconds before an idle node is deleted (default 600)")
+                             help="seconds before an idle node of the local cloud is deleted (sets the local "
+                                  "cloud's idle_timeout; default 600)")
         command.add_argument("--heartbeat-timeout", type=float,
                              help="seconds without a heartbeat before a node is lost (default 60)")
         command.add_argument("--local-cpus", type=int, help="cpus of the local cloud (default: this machine's)")
@@ -98,6 +104,16 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--agent-gateway-timeout", type=float,
                              help="seconds a node's agent goes on without reaching the gateway before it "
                                   "stops its jobs and exits (default 900)")
+        command.add_argument("--reconcile-interval", type=float,
+                             help="seconds between comparisons of every cloud's instances with the database "
+                                  "(default 30)")
+        command.add_argument("--tls-cert", help="PEM certificate (chain) to serve HTTPS with, together with "
+                                                "--tls-key (or PROMINENCE_TLS_CERT); the default public URL "
+                                                "becomes https://HOST:PORT")
+        command.add_argument("--tls-key", help="PEM private key of --tls-cert (or PROMINENCE_TLS_KEY)")
+        command.add_argument("--agent-ca", help="PEM CA bundle nodes' agents trust for the gateway's certificate "
+                                                "(or PROMINENCE_AGENT_CA; default: --tls-cert when serving HTTPS, "
+                                                "else the nodes' system CAs)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--client-timeout", type=float,
                        help="seconds a client has to send a request's headers, and its body (per MiB); "
@@ -116,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--days", type=float, default=30, help="validity (default 30)")
     create.add_argument("--data-dir", help="the server's data dir, which holds its secret (default ./data)")
     create.set_defaults(run=_token_create)
+    add_cloud_commands(commands)
     return top
 
 
@@ -123,7 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if getattr(args, "days", 1) <= 0:
         sys.exit("prominence-server: --days must be positive")
-    args.run(args)
+    try:
+        args.run(args)
+    except DomainError as error:
+        sys.exit(f"prominence-server: {error.message}")
+    except SettingsError as error:
+        sys.exit(f"prominence-server: {error}")
 
 
 if __name__ == "__main__":

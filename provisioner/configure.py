@@ -1,4 +1,5 @@
-"""Configure a node: run playbooks/node.yml on it with ansible-runner.
+"""Configure a node: run playbooks/node.yml on it with ansible-runner (and, with the same
+runner code, other playbooks such as playbooks/stop.yml: see ``run_playbook``).
 
 Secrets: ``agent_config`` holds the node's token and reaches ansible only as extravars. Each run
 gets a fresh private data dir (mode 0700) that also holds ANSIBLE_HOME, the local and (for local
@@ -7,7 +8,9 @@ run ends, whatever the outcome, after the run's ssh control masters are closed.
 ansible-runner copies the whole process environment into the run's environment and into
 ``artifacts/<ident>/command``: here that environment is replaced by a small allow-list before the
 run starts, so neither ansible nor the artifacts see the server's own secrets. ``os.environ`` is
-never modified. Nothing here logs ``agent_config``.
+never modified. Nothing here logs ``agent_config``. An SSH private key given as text
+(``run_playbook(ssh_key=...)``) is written to a 0600 file in the private data dir, so it goes
+with it; ansible sees only the file's path, and the key's text is redacted from error messages.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ansible_runner.interface import init_runner
@@ -27,6 +30,7 @@ from ansible_runner.interface import init_runner
 log = logging.getLogger(__name__)
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "playbooks" / "node.yml"
+STOP_PLAYBOOK = PLAYBOOK.parent / "stop.yml"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Kept from the process environment (everything else of it is dropped).
 _KEEP_FROM_PROCESS = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")
@@ -84,8 +88,15 @@ def _secret_strings(value) -> set[str]:
     return out
 
 
+def _key_secrets(key_text: str) -> set[str]:
+    """The key, and each line of its body, to redact from messages."""
+    out = {key_text, key_text.strip()}
+    out |= {line.strip() for line in key_text.splitlines() if len(line.strip()) >= 16 and "-----" not in line}
+    return {s for s in out if s}
+
+
 def _redact(text: str, secrets: set[str]) -> str:
-    for s in secrets:
+    for s in sorted(secrets, key=len, reverse=True):
         text = text.replace(s, "***")
     return text
 
@@ -129,7 +140,58 @@ def configure_node(
     started = time.monotonic()
     if connection not in ("local", "ssh"):
         return ConfigureResult("error", None, f"unknown connection {connection!r}", 0.0)
-    secrets = _secret_strings(agent_config)
+    playbook_vars = dict(extravars or {})
+    playbook_vars.update(
+        {
+            "node_dir": str(node_dir),
+            "agent_src": str(Path(agent_src).absolute()),
+            "agent_config": agent_config,
+            "python_interpreter": python_interpreter,
+            "install_packages": bool(install_packages),
+            "agent_use_systemd": False if connection == "local" else playbook_vars.get("agent_use_systemd", "auto"),
+            "node_become": connection == "ssh" and ssh_user not in (None, "root"),
+        }
+    )
+    log.info("configuring node %s in %s over %s", host, node_dir, connection)
+    result = run_playbook(PLAYBOOK, host, playbook_vars, connection=connection, ssh_user=ssh_user,
+                          ssh_key_file=ssh_key_file, ssh_port=ssh_port, timeout=timeout,
+                          python_interpreter=python_interpreter, secrets=_secret_strings(agent_config))
+    result = replace(result, duration=time.monotonic() - started)
+    if result.ok:
+        log.info("configured node %s in %.1f s", host, result.duration)
+    else:
+        log.warning("configuring node %s failed (%s) after %.1f s: %s", host, result.status, result.duration,
+                    result.error)
+    return result
+
+
+def run_playbook(
+    playbook: str | os.PathLike,
+    host: str,
+    playbook_vars: dict,
+    *,
+    connection: str = "ssh",
+    ssh_user: str | None = None,
+    ssh_key_file: str | None = None,
+    ssh_key: str | None = None,
+    ssh_port: int = 22,
+    timeout: int = 600,
+    python_interpreter: str = "/usr/bin/python3",
+    secrets: set[str] | frozenset[str] = frozenset(),
+) -> ConfigureResult:
+    """Run ``playbook`` against ``host`` with ``playbook_vars`` as extravars, in a fresh private
+    data dir with a scrubbed environment (see the module's docstring), and return how it went.
+
+    ``connection`` is "local" or "ssh". For SSH, ``ssh_key`` is a private key's text (written to a
+    0600 file inside the private data dir, removed with it; it wins over ``ssh_key_file``).
+    ``secrets`` are strings to redact from the error message (the key's text always is). Logs
+    nothing about the run: callers say what it was for."""
+    started = time.monotonic()
+    if connection not in ("local", "ssh"):
+        return ConfigureResult("error", None, f"unknown connection {connection!r}", 0.0)
+    secrets = set(secrets)
+    if ssh_key:
+        secrets |= _key_secrets(ssh_key)
     failures: list[str] = []
     last_task: list[str] = []
 
@@ -159,25 +221,20 @@ def configure_node(
         if ssh_key_file:
             hostvars["ansible_ssh_private_key_file"] = str(ssh_key_file)
 
-    playbook_vars = dict(extravars or {})
-    playbook_vars.update(
-        {
-            "node_dir": str(node_dir),
-            "agent_src": str(Path(agent_src).absolute()),
-            "agent_config": agent_config,
-            "python_interpreter": python_interpreter,
-            "install_packages": bool(install_packages),
-            "agent_use_systemd": False if connection == "local" else playbook_vars.get("agent_use_systemd", "auto"),
-            "node_become": connection == "ssh" and ssh_user not in (None, "root"),
-        }
-    )
-
     pdd = tempfile.mkdtemp(prefix="prominence-configure-")
     status, rc, error = "error", None, None
     try:
         home = os.path.join(pdd, "ansible")
         tmp = os.path.join(pdd, "tmp")
         os.makedirs(tmp, mode=0o700)
+        if connection == "ssh" and ssh_key:
+            key_dir = os.path.join(pdd, "ssh")
+            os.makedirs(key_dir, mode=0o700)
+            key_path = os.path.join(key_dir, "id_key")
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as key_file:
+                key_file.write(ssh_key if ssh_key.endswith("\n") else ssh_key + "\n")  # ssh wants the newline
+            hostvars["ansible_ssh_private_key_file"] = key_path
         envvars = {
             "PATH": _ansible_bin_dir() + os.pathsep + SYSTEM_PATH,
             "ANSIBLE_PIPELINING": "True",
@@ -195,10 +252,9 @@ def configure_node(
             # ssh's ControlPersist masters (60 s) get their sockets here, not in ~/.ansible/cp,
             # and are closed when the run ends (see _close_ssh_masters)
             envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = os.path.join(home, "cp")
-        log.info("configuring node %s in %s over %s", host, node_dir, connection)
         runner = init_runner(
             private_data_dir=pdd,
-            playbook=str(PLAYBOOK),
+            playbook=str(playbook),
             inventory={"all": {"hosts": {host: hostvars}}},
             extravars=playbook_vars,
             envvars=envvars,
@@ -237,12 +293,7 @@ def configure_node(
         shutil.rmtree(pdd, ignore_errors=True)
     if error:
         error = _redact(error, secrets)[:_MAX_ERROR]
-    duration = time.monotonic() - started
-    if status == "successful":
-        log.info("configured node %s in %.1f s", host, duration)
-    else:
-        log.warning("configuring node %s failed (%s) after %.1f s: %s", host, status, duration, error)
-    return ConfigureResult(status=status, rc=rc, error=error, duration=duration)
+    return ConfigureResult(status=status, rc=rc, error=error, duration=time.monotonic() - started)
 
 
-__all__ = ["ConfigureResult", "configure_node", "PLAYBOOK"]
+__all__ = ["ConfigureResult", "configure_node", "run_playbook", "PLAYBOOK", "STOP_PLAYBOOK"]

@@ -1,73 +1,58 @@
-"""The provisioner's loop: takes a snapshot, asks the pure functions in `matcher` what to do, does it.
+"""The provisioner's loop: snapshot -> `planner.plan()` -> execute (DESIGN.md 3.4).
 
 One thread runs `tick()` whenever jobs change (a Signal from the gateway in the same process) or
-every `tick_interval` seconds. Launching, configuring and deleting nodes take seconds to minutes,
-so they run in worker threads; the database row of a node is written before its VM is created,
-so a crash in between leaves a record the reconcile step can clean up.
+every `tick_interval` seconds: it reads the clouds, nodes and waiting jobs in a few SQL
+statements, asks the pure planner what to do, and applies the plan. Assignments, reasons and node
+states are single SQL statements done in the tick; launching, configuring and destroying VMs take
+seconds to minutes and run in worker threads (provisioner/launcher.py), each cloud booting up to
+its `max_booting` nodes at once. Every background action logs its outcome.
+
+A node's row is written before its VM is created, and its VM is tagged with the service id and
+the node id: the reconcile step (at start and every `reconcile_interval` seconds) destroys tagged
+VMs the database does not know as live, and loses nodes whose VM vanished. No VM is leaked.
 """
 from __future__ import annotations
 
 import logging
 import secrets
-import shutil
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, func, select, update
 
-from provisioner import matcher
-from schema.enums import JobStatus, StatusReason
+from provisioner import planner
+from provisioner.clouds import NODE_TAG, Cloud, CloudRecord, Instance, redact
+from schema.credentials import CredentialBox
+from schema.enums import NODE_BOOTING, NODE_GONE, NODE_LIVE, JobStatus, NodeState, StatusReason
 from schema.identity import TokenAuthority
-from schema.lifecycle import finished, infrastructure_failure
+from schema.lifecycle import finished, release_node_jobs
 from schema.signals import Signal
-from schema.tables import jobs, nodes
+from schema.tables import clouds, jobs, nodes
 
 log = logging.getLogger("prominence.provisioner")
 
-AGENT_SOURCE = Path(__file__).parent / "agent"
-LIVE_STATES = ("creating", "configuring", "ready", "draining")
-BOOTING_STATES = ("creating", "configuring")
 # Not a retry: a planned stop of the service is not the job's failure (docs/running-jobs.md).
 SERVICE_STOPPED = "Requeued: the service stopped, and its local nodes with it"
-
-
-@dataclass(frozen=True)
-class LocalCloud:
-    """The embedded `local` cloud: nodes on this machine, up to its size (DESIGN.md 3.4)."""
-
-    base_dir: Path
-    cpus: int
-    memory_mb: int
-    disk_gb: int
-    name: str = "local"
-    site: str = "local"
-
-    @classmethod
-    def this_machine(cls, base_dir: Path, cpus: int | None = None, memory_mb: int | None = None) -> LocalCloud:
-        from provisioner.drivers.local import machine_cpus, machine_memory_mb
-
-        base_dir.mkdir(parents=True, exist_ok=True)
-        disk = shutil.disk_usage(base_dir).free // (1 << 30)
-        return cls(base_dir, cpus or machine_cpus(), memory_mb or machine_memory_mb(), max(int(disk), 1))
+NO_MATCHING_RESOURCES = "No matching resources: no enabled cloud can ever satisfy these resources"
+MAX_WAITING = 10000  # jobs planned per tick (highest priority first)
+DESTROY_BACKOFF = (1, 2, 5, 10, 30, 60)  # seconds between attempts to destroy a VM
 
 
 @dataclass(frozen=True)
 class ProvisionerConfig:
     gateway_url: str  # how agents reach the gateway
-    cloud: LocalCloud
     service_id: str  # tags every VM this service creates
-    idle_timeout: float = 600.0
     heartbeat_timeout: float = 60.0
-    boot_timeout: float = 600.0
     heartbeat_interval: float = 2.0
     tick_interval: float = 1.0
     reconcile_interval: float = 30.0
-    max_booting: int = 1  # nodes booting at once on the cloud
     agent_gateway_timeout: float = 900.0  # an agent that cannot reach the gateway this long stops its jobs
+    agent_ca_pem: str | None = None  # the CA agents trust for an https gateway
 
 
 def service_id(data_dir: Path) -> str:
@@ -78,29 +63,32 @@ def service_id(data_dir: Path) -> str:
 
 
 class Provisioner:
-    def __init__(self, engine: Engine, config: ProvisionerConfig, tokens: TokenAuthority,
+    def __init__(self, engine: Engine, config: ProvisionerConfig, tokens: TokenAuthority, box: CredentialBox,
                  jobs_changed: Signal, assigned: Signal):
-        from provisioner.drivers.local import register
-        from libcloud.compute.providers import get_driver
+        from provisioner.launcher import Launcher
 
-        register()
         self._engine = engine
         self._config = config
-        self._tokens = tokens
+        self._box = box
         self._jobs_changed = jobs_changed
         self._assigned = assigned
-        self._driver = get_driver("local")(str(config.cloud.base_dir))
-        self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-lifecycle")
+        self._clouds: dict[str, tuple[float, Cloud]] = {}
+        self._clouds_lock = threading.Lock()
+        self._reasons: dict[int, planner.WaitReason] = {}  # what each waiting job was last told
+        self._workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="node-lifecycle")
         self._stopping = threading.Event()
+        self._launcher = Launcher(engine, config, tokens, self.cloud, self._delete, self._record_failure,
+                                  self._stopping)
         self._thread = threading.Thread(target=self._run, name="provisioner", daemon=True)
 
     def start(self) -> None:
+        self._fail_orphaned_boots()
         self.reconcile()
         self._thread.start()
 
     def stop(self) -> None:
-        """Stops the loop, then the local cloud's nodes: they run on this machine for this service
-        and stop with it, so no agent or container outlives the service."""
+        """Stops the loop and the launches under way, then the nodes of this machine (clouds with
+        connection `local`): they run here for this service and stop with it."""
         self._stopping.set()
         self._jobs_changed.notify()
         if self._thread.is_alive():
@@ -121,62 +109,144 @@ class Provisioner:
                 log.exception("provisioner tick failed")
             self._jobs_changed.wait_since(generation, self._config.tick_interval)
 
-    # -- one pass -------------------------------------------------------------------------------
+    # -- clouds -----------------------------------------------------------------------------------
+
+    def _cloud_rows(self, connection) -> list[Any]:
+        return connection.execute(select(clouds).order_by(clouds.c.name)).all()
+
+    def cloud(self, name: str) -> Cloud | None:
+        """The cloud's driver, rebuilt when its record changed (new credentials take effect at once)."""
+        with self._engine.connect() as connection:
+            row = connection.execute(select(clouds).where(clouds.c.name == name)).first()
+        return self._driver_for(row) if row is not None else None
+
+    def _driver_for(self, row: Any) -> Cloud | None:
+        with self._clouds_lock:
+            cached = self._clouds.get(row.name)
+            if cached and cached[0] == row.updated_at:
+                return cached[1]
+            credentials: dict[str, str] = {}
+            try:
+                credentials = self._box.open(row.credentials)
+                record = CloudRecord(
+                    row.name, row.provider, dict(row.driver_args), dict(row.create_options), row.region, row.site,
+                    row.image, row.connection, row.ssh_user, row.ssh_port, row.node_root, row.install_packages,
+                    tuple(planner.Flavour(**f) for f in row.flavours), row.create_timeout, row.running_timeout,
+                    row.configure_timeout, credentials)
+                cloud = Cloud(record, self._config.service_id)
+            except Exception as error:  # a bad record must not stop the other clouds
+                log.error("cloud %s cannot be used: %s", row.name, redact(error, credentials))
+                return None
+            self._clouds[row.name] = (row.updated_at, cloud)
+            return cloud
+
+    def _record_failure(self, cloud: str) -> None:
+        """A launch failed: counts against the cloud's health (and may put it in the penalty box)."""
+        now = time.time()
+        with self._engine.begin() as connection:
+            row = connection.execute(select(clouds.c.failures).where(clouds.c.name == cloud)).first()
+            if row is None:
+                return
+            recent = [t for t in row.failures if now - t < 4 * planner.PENALTY_WINDOW][-49:] + [now]
+            # not updated_at: the driver stays cached
+            connection.execute(update(clouds).where(clouds.c.name == cloud).values(failures=recent))
+        until = planner.penalty_until(recent, now)
+        if until:
+            log.warning("cloud %s is in the penalty box until %s after %d recent failures", cloud,
+                        time.strftime("%H:%M:%S", time.gmtime(until)), len(recent))
+
+    # -- one pass ---------------------------------------------------------------------------------
 
     def tick(self) -> None:
         now = time.time()
         self._expire_queued(now)
-        node_rows, load, waiting = self._snapshot()
-        self._assign(node_rows, load, waiting)
-        node_rows, load, waiting = self._snapshot()
-        snapshots = [matcher.NodeSnapshot(n.id, n.state, n.id in load, n.idle_since, n.last_heartbeat, n.created_at)
-                     for n in node_rows]
-        for node_id in matcher.find_lost(snapshots, now, self._config.heartbeat_timeout):
-            self._delete(node_id, "lost", StatusReason.NODE_LOST)
-        for node_id in matcher.find_stuck(snapshots, now, self._config.boot_timeout):
-            self._delete(node_id, "failed", "Infrastructure took too long to be deployed")
-        for node_id in matcher.plan_scale_down(snapshots, now, self._config.idle_timeout):
-            self._delete(node_id, "deleted", "idle")
-        self._track_idle(node_rows, load, now)
-        self._scale_up(node_rows, load, waiting)
+        plan = planner.plan(self._snapshot(now))
+        self._apply(plan, now)
 
-    def _snapshot(self) -> tuple[list[Any], dict[int, Any], list[matcher.Demand]]:
+    def _snapshot(self, now: float) -> planner.Snapshot:
         with self._engine.connect() as connection:
-            node_rows = connection.execute(select(nodes).where(nodes.c.state.in_(LIVE_STATES))).all()
+            cloud_rows = self._cloud_rows(connection)
+            node_rows = connection.execute(select(nodes).where(nodes.c.state.in_(NODE_LIVE))).all()
             load = {row.node_id: row for row in connection.execute(
                 select(jobs.c.node_id, func.sum(jobs.c.cpus).label("cpus"),
                        func.sum(jobs.c.memory_mb).label("memory_mb"), func.sum(jobs.c.disk_gb).label("disk_gb"))
                 .where(jobs.c.node_id.is_not(None), jobs.c.status.in_((JobStatus.IDLE, JobStatus.RUNNING)))
                 .group_by(jobs.c.node_id))}
-            waiting = [matcher.Demand(r.id, r.cpus, r.memory_mb, r.disk_gb, r.autoscale, r.nodes)
-                       for r in connection.execute(
-                select(jobs.c.id, jobs.c.cpus, jobs.c.memory_mb, jobs.c.disk_gb, jobs.c.autoscale, jobs.c.nodes)
+            waiting = connection.execute(
+                select(jobs.c.id, jobs.c.cpus, jobs.c.memory_mb, jobs.c.disk_gb, jobs.c.autoscale, jobs.c.nodes,
+                       jobs.c.placement)
                 .where(jobs.c.status == JobStatus.IDLE, jobs.c.node_id.is_(None))
-                .order_by(jobs.c.priority.desc(), jobs.c.id).limit(10000))]
-        return node_rows, load, waiting
+                .order_by(jobs.c.priority.desc(), jobs.c.id).limit(MAX_WAITING)).all()
+        shapes: dict[tuple, planner.Shape] = {}
+        demands = []
+        for r in waiting:
+            key = (r.cpus, r.memory_mb, r.disk_gb, r.autoscale, r.nodes, repr(r.placement))
+            shape = shapes.get(key)
+            if shape is None:
+                shape = shapes[key] = planner.Shape(r.cpus, r.memory_mb, r.disk_gb, r.autoscale, r.nodes,
+                                                    planner.Placement.from_policy(r.placement))
+            demands.append(planner.Demand(r.id, shape))
+        node_views = []
+        for n in node_rows:
+            used = load.get(n.id)
+            node_views.append(planner.NodeView(
+                n.id, n.cloud, NodeState(n.state), n.cpus - (used.cpus if used else 0),
+                n.memory_mb - (used.memory_mb if used else 0), n.disk_gb - (used.disk_gb if used else 0),
+                n.cpus, n.memory_mb, used is not None, n.created_at, n.idle_since, n.last_heartbeat))
+        cloud_states = [planner.CloudState(
+            c.name, tuple(planner.Flavour(**f) for f in c.flavours), c.site, c.region, c.enabled, c.max_instances,
+            c.max_cpus, c.max_memory_mb, c.min_nodes, c.max_booting, c.idle_timeout,
+            c.create_timeout + c.running_timeout + c.configure_timeout, tuple(c.failures)) for c in cloud_rows]
+        return planner.Snapshot(now, demands, node_views, cloud_states, self._config.heartbeat_timeout,
+                                self._config.heartbeat_interval)
 
-    @staticmethod
-    def _free(node: Any, load: dict[int, Any]) -> matcher.Capacity:
-        used = load.get(node.id)
-        return matcher.Capacity(node.id, node.cpus - (used.cpus if used else 0),
-                                node.memory_mb - (used.memory_mb if used else 0),
-                                node.disk_gb - (used.disk_gb if used else 0))
+    def _apply(self, plan: planner.Plan, now: float) -> None:
+        if plan.assignments:
+            with self._engine.begin() as connection:
+                for job_id, node_id in plan.assignments.items():
+                    connection.execute(update(jobs).where(
+                        jobs.c.id == job_id, jobs.c.status == JobStatus.IDLE, jobs.c.node_id.is_(None)
+                    ).values(node_id=node_id, wait_reasons=None,
+                             status_reason=StatusReason.STARTING.format(node=node_id)))
+            self._assigned.notify()
+        if plan.unsatisfiable:
+            self._fail_unsatisfiable(plan.unsatisfiable, int(now))
+        for deletion in plan.deletions:
+            self._delete(deletion.node_id, deletion.final_state, deletion.reason)
+        if plan.idle_marks:
+            with self._engine.begin() as connection:
+                for node_id, idle_since in plan.idle_marks.items():
+                    connection.execute(update(nodes).where(nodes.c.id == node_id).values(idle_since=idle_since))
+        for launch in plan.launches:
+            self._launch(launch)
+        self._write_reasons(plan.reasons)
 
-    def _assign(self, node_rows: list[Any], load: dict[int, Any], waiting: list[matcher.Demand]) -> None:
-        # A node that has missed two heartbeats gets no new work: it may be dead, and a job
-        # given to it would wait for the heartbeat timeout before going elsewhere.
-        fresh_since = time.time() - 2 * self._config.heartbeat_interval
-        ready = [self._free(n, load) for n in node_rows
-                 if n.state == "ready" and (n.last_heartbeat or 0) >= fresh_since]
-        placed = matcher.match(waiting, ready)
-        if not placed:
+    def _write_reasons(self, reasons: dict[int, planner.WaitReason]) -> None:
+        """Each waiting job's reason, written when it changed (grouped: one statement per reason)."""
+        changed: dict[planner.WaitReason, list[int]] = {}
+        for job_id, reason in reasons.items():
+            if self._reasons.get(job_id) != reason:
+                changed.setdefault(reason, []).append(job_id)
+        self._reasons = dict(reasons)
+        if not changed:
             return
         with self._engine.begin() as connection:
-            for job_id, node_id in placed.items():
-                connection.execute(
-                    update(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.IDLE, jobs.c.node_id.is_(None))
-                    .values(node_id=node_id, status_reason=StatusReason.STARTING.format(node=node_id)))
-        self._assigned.notify()
+            for reason, ids in changed.items():
+                for start in range(0, len(ids), 500):
+                    connection.execute(update(jobs).where(
+                        jobs.c.id.in_(ids[start:start + 500]), jobs.c.status == JobStatus.IDLE,
+                        jobs.c.node_id.is_(None)).values(status_reason=reason.status_reason,
+                                                         wait_reasons=reason.per_cloud or None))
+
+    def _fail_unsatisfiable(self, job_ids: Sequence[int], now: int) -> None:
+        with self._engine.begin() as connection:
+            rows = connection.execute(select(jobs.c.id, jobs.c.spec).where(
+                jobs.c.id.in_(job_ids), jobs.c.status == JobStatus.IDLE, jobs.c.node_id.is_(None))).all()
+            for row in rows:
+                connection.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.status == JobStatus.IDLE).values(
+                    **finished(row.spec, JobStatus.FAILED, NO_MATCHING_RESOURCES, now)))
+        if rows:
+            log.info("jobs %s failed: no enabled cloud can ever run them", [r.id for r in rows])
 
     def _expire_queued(self, now: float) -> None:
         """maximumTimeInQueue: idle jobs past their deadline fail."""
@@ -191,163 +261,142 @@ class Provisioner:
                 connection.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.status == JobStatus.IDLE).values(
                     node_id=None, **finished(row.spec, JobStatus.FAILED, StatusReason.MAX_TIME_QUEUED, int(now))))
 
-    def _track_idle(self, node_rows: list[Any], load: dict[int, Any], now: float) -> None:
-        """Nodes' idle_since: when they last ran out of work (None while they have some)."""
-        changes = {node.id: None if node.id in load else now for node in node_rows
-                   if node.state == "ready" and (node.id in load) == (node.idle_since is not None)}
-        if not changes:
-            return
-        with self._engine.begin() as connection:
-            for node_id, idle_since in changes.items():
-                connection.execute(update(nodes).where(nodes.c.id == node_id).values(idle_since=idle_since))
+    # -- node lifecycle ---------------------------------------------------------------------------
 
-    def _scale_up(self, node_rows: list[Any], load: dict[int, Any], waiting: list[matcher.Demand]) -> None:
-        cloud = self._config.cloud
-        room = matcher.CloudRoom(
-            name=cloud.name, cpus=cloud.cpus - sum(n.cpus for n in node_rows),
-            memory_mb=cloud.memory_mb - sum(n.memory_mb for n in node_rows),
-            disk_gb=cloud.disk_gb - sum(n.disk_gb for n in node_rows),
-            max_node=matcher.Capacity(0, cloud.cpus, cloud.memory_mb, cloud.disk_gb),
-            can_boot=max(0, self._config.max_booting - sum(n.state in BOOTING_STATES for n in node_rows)))
-        booting = [self._free(n, load) for n in node_rows if n.state in BOOTING_STATES]
-        plan = matcher.plan_scale_up(waiting, booting, [room])
-        for request in plan.requests:
-            self._launch(request)
-        reasons = {StatusReason.CREATING.format(cloud=cloud.name): [*plan.creating, *plan.waiting_for_boot],
-                   StatusReason.NEVER_FITS: plan.never_fits, StatusReason.EXISTING_ONLY: plan.no_autoscale,
-                   StatusReason.MULTI_NODE: plan.multi_node}
-        placed = {job_id for ids in reasons.values() for job_id in ids}
-        reasons[StatusReason.WAITING] = [d.job_id for d in waiting if d.job_id not in placed]
-        with self._engine.begin() as connection:
-            for reason, ids in reasons.items():
-                if ids:
-                    connection.execute(update(jobs).where(
-                        jobs.c.id.in_(ids), jobs.c.status == JobStatus.IDLE, jobs.c.node_id.is_(None),
-                        jobs.c.status_reason != reason).values(status_reason=reason))
+    def _launch(self, launch: planner.Launch) -> None:
+        """Record the node (so the next tick counts it as booting), then boot it in a worker."""
+        cloud, flavour = launch.candidates[0]
+        node_id, name = self._launcher.record_node(cloud, flavour)
+        log.info("creating node %s on %s (%s) for jobs %s", name, cloud, flavour.name, list(launch.job_ids))
+        self._workers.submit(self._launcher.boot, launch, node_id, name)
 
-    # -- node lifecycle -------------------------------------------------------------------------
-
-    def _launch(self, request: matcher.NodeRequest) -> None:
-        cloud = self._config.cloud
-        with self._engine.begin() as connection:
-            node_id = connection.execute(insert(nodes).values(
-                cloud=cloud.name, name=f"pending-{secrets.token_hex(6)}", state="creating", cpus=request.cpus,
-                memory_mb=request.memory_mb, disk_gb=request.disk_gb, site=cloud.site, region="", info={},
-                created_at=time.time()).returning(nodes.c.id)).scalar_one()
-            name = f"prominence-{self._config.service_id}-{node_id}"
-            connection.execute(update(nodes).where(nodes.c.id == node_id).values(name=name))
-        log.info("creating node %s (%d cpus, %d MB) for jobs %s", name, request.cpus, request.memory_mb,
-                 list(request.job_ids))
-        self._workers.submit(self._create_and_configure, node_id, name, request)
-
-    def _create_and_configure(self, node_id: int, name: str, request: matcher.NodeRequest) -> None:
-        from libcloud.compute.base import NodeSize
-
-        from provisioner.configure import configure_node
-
-        try:
-            size = NodeSize(id=f"local-{request.cpus}cpu", name=name, ram=request.memory_mb, disk=request.disk_gb,
-                            bandwidth=None, price=0, driver=self._driver, extra={"cpus": request.cpus})
-            image = self._driver.list_images()[0]
-            vm = self._driver.create_node(name=name, size=size, image=image, ex_metadata={
-                "prominence-service": self._config.service_id, "prominence-node": str(node_id)})
-            self._set_node(node_id, state="configuring", provider_id=vm.id)
-            agent_config = {
-                "gateway": self._config.gateway_url, "node_id": node_id, "node_name": name,
-                "token": self._tokens.issue_node_token(node_id), "work_dir": str(Path(vm.extra["dir"]) / "work"),
-                "cpus": request.cpus, "memory_mb": request.memory_mb, "disk_gb": request.disk_gb,
-                "heartbeat_interval": self._config.heartbeat_interval,
-                "gateway_timeout": self._config.agent_gateway_timeout,
-                "containers_conf": str(Path(vm.extra["dir"]) / "containers.conf"),
-            }
-            result = configure_node("127.0.0.1", vm.extra["dir"], agent_config, AGENT_SOURCE, connection="local")
-            if result.status != "successful":
-                raise RuntimeError(f"configuration failed: {result.error}")
-            log.info("node %s configured in %.1f s", name, result.duration)
-        except Exception as error:
-            log.exception("node %s could not be created", name)
-            self._delete(node_id, "failed", f"Infrastructure deployment failed: {error}")
-
-    def _set_node(self, node_id: int, **values: Any) -> None:
-        with self._engine.begin() as connection:
-            connection.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
-
-    def _delete(self, node_id: int, final_state: str, reason: str) -> None:
-        """Take the node out of the pool now; its VM is destroyed in the background. Jobs it was
-        given but had not started go back to the queue; jobs it was running are retried elsewhere,
-        or fail once their retries are spent."""
-        now = int(time.time())
+    def _delete(self, node_id: int, final_state: NodeState, reason: str) -> None:
+        """Take the node out of the pool now; its VM is destroyed in the background. Its jobs go
+        back to the queue, or fail once their retries are spent (schema/lifecycle.py)."""
+        now = time.time()
         with self._engine.begin() as connection:
             row = connection.execute(select(nodes).where(nodes.c.id == node_id)).first()
-            if row is None or row.state in ("deleting", "deleted", "failed", "lost"):
+            if row is None or row.state in NODE_GONE:
                 return
+            state = NodeState.DELETING if final_state == NodeState.DELETED else final_state
             connection.execute(update(nodes).where(nodes.c.id == node_id).values(
-                state="deleting" if final_state == "deleted" else final_state, state_reason=reason))
-            connection.execute(update(jobs).where(jobs.c.node_id == node_id, jobs.c.status == JobStatus.IDLE)
-                               .values(node_id=None, status_reason=StatusReason.WAITING))
-            running = connection.execute(select(jobs.c.id, jobs.c.spec, jobs.c.retries, jobs.c.attempt).where(
-                jobs.c.node_id == node_id, jobs.c.status == JobStatus.RUNNING)).all()
-            for job in running:
-                connection.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.attempt == job.attempt).values(
-                    infrastructure_failure(job.spec, job.retries, reason, now)))
+                state=state, state_reason=reason, ended_at=now))
+            running = release_node_jobs(connection, [node_id], reason, int(now))
         if running:
-            log.warning("node %d %s (%s): jobs %s requeued or failed", node_id, final_state, reason,
-                        [job.id for job in running])
+            log.warning("node %d %s (%s): jobs %s requeued or failed", node_id, final_state, reason, running)
         try:
-            self._workers.submit(self._destroy, node_id, row.name, final_state)
-        except RuntimeError:  # a node failing while the service stops: _stop_local_nodes destroys it
-            log.info("node %d is destroyed with the service", node_id)
-
-    def _destroy(self, node_id: int, name: str, final_state: str) -> None:
-        for vm in self._driver.list_nodes():
-            if vm.name == name:
-                self._driver.destroy_node(vm)
-        if final_state == "deleted":
-            self._set_node(node_id, state="deleted")
+            self._workers.submit(self._destroy, row.cloud, node_id, row.name, row.provider_id, final_state)
+        except RuntimeError:  # a node failing while the service stops: the next reconcile destroys its VM
+            log.info("node %d is destroyed by the next reconcile", node_id)
         self._jobs_changed.notify()
 
-    def _stop_local_nodes(self) -> None:
-        """Every VM of this service on the local cloud is destroyed (agent and containers). The
-        jobs its nodes had go back to the queue without counting a retry, so the next start runs
-        them again."""
-        cloud = self._config.cloud.name
-        with self._engine.begin() as connection:
-            stopped = connection.execute(select(nodes.c.id).where(
-                nodes.c.cloud == cloud, nodes.c.state.in_(LIVE_STATES))).scalars().all()
-            connection.execute(update(nodes).where(nodes.c.id.in_(stopped)).values(
-                state="deleting", state_reason="the service stopped"))
-            requeued = connection.execute(
-                update(jobs).where(jobs.c.node_id.in_(stopped), jobs.c.status.in_((JobStatus.IDLE, JobStatus.RUNNING)))
-                .values(status=JobStatus.IDLE, node_id=None, status_reason=SERVICE_STOPPED)
-                .returning(jobs.c.id)).scalars().all()
-        vms = self._our_vms()
-        if vms or requeued:
-            log.info("stopping the local nodes %s; jobs %s requeued", [vm.name for vm in vms], requeued)
-        for vm in vms:
-            self._driver.destroy_node(vm)
-        left = {vm.name for vm in self._driver.list_nodes()}
-        with self._engine.begin() as connection:  # also nodes whose deletion was under way
-            connection.execute(update(nodes).where(nodes.c.cloud == cloud, nodes.c.state == "deleting",
-                                                   nodes.c.name.not_in(left)).values(state="deleted"))
+    def _destroy(self, cloud_name: str, node_id: int, name: str, provider_id: str | None,
+                 final_state: NodeState) -> None:
+        """Destroy the node's VM, retrying with backoff; the reconcile loop picks up what is left."""
+        for delay in (*DESTROY_BACKOFF, None):
+            cloud = self.cloud(cloud_name)
+            try:
+                if cloud is None:
+                    raise RuntimeError(f"cloud {cloud_name} cannot be used")
+                for instance in self._instances_of(cloud, node_id, name, provider_id):
+                    cloud.destroy(instance)
+                log.info("node %s: VM destroyed", name)
+                if final_state == NodeState.DELETED:
+                    with self._engine.begin() as connection:
+                        connection.execute(update(nodes).where(nodes.c.id == node_id).values(state=NodeState.DELETED))
+                self._jobs_changed.notify()
+                return
+            except Exception as error:  # noqa: BLE001 - logged; retried
+                log.warning("node %s: destroying its VM failed (%s)%s", name,
+                            cloud.redact(error) if cloud else redact(error, {}),
+                            f"; retrying in {delay} s" if delay else "; the reconcile loop will retry")
+                if delay is None or self._stopping.wait(delay):
+                    return
 
-    def _our_vms(self) -> list[Any]:
-        """The cloud's VMs tagged with this service's id."""
-        return [vm for vm in self._driver.list_nodes()
-                if (vm.extra.get("tags") or {}).get("prominence-service") == self._config.service_id]
+    @staticmethod
+    def _instances_of(cloud: Cloud, node_id: int, name: str, provider_id: str | None) -> list[Instance]:
+        return [i for i in cloud.instances()
+                if i.id == provider_id or i.name == name or i.tags.get(NODE_TAG) == str(node_id)]
+
+    def _fail_orphaned_boots(self) -> None:
+        """Nodes that were booting when the provisioner stopped (or was killed) have no worker any
+        more: they fail now, and the reconcile step destroys their VMs."""
+        with self._engine.begin() as connection:
+            orphans = connection.execute(select(nodes.c.id).where(nodes.c.state.in_(NODE_BOOTING))).scalars().all()
+            connection.execute(update(nodes).where(nodes.c.id.in_(orphans)).values(
+                state=NodeState.FAILED, state_reason="the provisioner restarted while the node booted",
+                ended_at=time.time()))
+            release_node_jobs(connection, orphans, "the provisioner restarted", int(time.time()))
+        if orphans:
+            log.info("nodes %s were booting when the provisioner stopped: failed, their VMs destroyed", orphans)
+
+    def _stop_local_nodes(self) -> None:
+        """Every node of a cloud on this machine (connection local) is destroyed with the service
+        (agents and containers). The jobs they had go back to the queue without counting a retry,
+        so the next start runs them again."""
+        with self._engine.begin() as connection:
+            local = connection.execute(select(clouds.c.name).where(clouds.c.connection == "local")).scalars().all()
+            stopped = connection.execute(select(nodes.c.id).where(
+                nodes.c.cloud.in_(local), nodes.c.state.in_(NODE_LIVE))).scalars().all()
+            connection.execute(update(nodes).where(nodes.c.id.in_(stopped)).values(
+                state=NodeState.DELETING, state_reason="the service stopped", ended_at=time.time()))
+            requeued = release_node_jobs(connection, stopped, SERVICE_STOPPED, int(time.time()),
+                                         counts_as_retry=False)
+        for name in local:
+            cloud = self.cloud(name)
+            if cloud is None:
+                continue
+            vms = cloud.instances()
+            if vms or requeued:
+                log.info("stopping the nodes %s of %s; jobs %s requeued", [vm.name for vm in vms], name, requeued)
+            for vm in vms:
+                try:
+                    cloud.destroy(vm)
+                except Exception as error:  # noqa: BLE001 - logged; the next start's reconcile retries
+                    log.warning("node %s could not be stopped: %s", vm.name, cloud.redact(error))
+            left = {vm.name for vm in cloud.instances()}
+            with self._engine.begin() as connection:  # also nodes whose deletion was under way
+                connection.execute(update(nodes).where(nodes.c.cloud == name, nodes.c.state == NodeState.DELETING,
+                                                       nodes.c.name.not_in(left)).values(state=NodeState.DELETED))
 
     def reconcile(self) -> None:
-        """The database against the cloud: VMs tagged with this service's id that the database
-        does not know as live are destroyed (none is ever leaked); nodes whose VM vanished are
-        lost at once, without waiting for the heartbeat timeout."""
+        """Every cloud against the database: VMs tagged with this service's id that the database
+        does not know as live are destroyed (none is ever leaked); nodes whose VM vanished are lost
+        at once, without waiting for the heartbeat timeout; deletions under way whose VM is gone
+        are done."""
         with self._engine.connect() as connection:
-            live = connection.execute(select(nodes.c.id, nodes.c.name, nodes.c.state)
-                                      .where(nodes.c.state.in_(LIVE_STATES))).all()
-        vms = self._our_vms()
-        names = {vm.name for vm in vms}
-        for vm in vms:
-            if vm.name not in {n.name for n in live}:
-                log.warning("destroying VM %s, which the database does not know", vm.name)
-                self._driver.destroy_node(vm)
-        for node in live:
-            if node.state in ("ready", "draining") and node.name not in names:
-                self._delete(node.id, "lost", "Job was evicted: its node's VM vanished")
+            cloud_rows = self._cloud_rows(connection)
+            known = connection.execute(select(nodes.c.id, nodes.c.cloud, nodes.c.name, nodes.c.state).where(
+                nodes.c.state.in_((*NODE_LIVE, NodeState.DELETING)))).all()
+        for row in cloud_rows:
+            cloud = self._driver_for(row)
+            if cloud is None:
+                continue
+            try:
+                vms = cloud.instances()
+            except Exception as error:  # noqa: BLE001 - one cloud's API failing must not stop the others
+                log.warning("reconcile: cannot list the instances of %s: %s", row.name, cloud.redact(error))
+                continue
+            mine = {n.name: n for n in known if n.cloud == row.name}
+            live = {name for name, n in mine.items() if n.state in NODE_LIVE}
+            names = {vm.name for vm in vms}
+            for vm in vms:
+                if vm.name not in live:
+                    log.warning("reconcile: destroying VM %s on %s, which the database does not know as live",
+                                vm.name, row.name)
+                    try:
+                        cloud.destroy(vm)
+                    except Exception as error:  # noqa: BLE001 - retried at the next reconcile
+                        log.warning("reconcile: destroying VM %s failed: %s", vm.name, cloud.redact(error))
+            for name, node in mine.items():
+                if name in names:
+                    continue
+                if node.state in (NodeState.READY, NodeState.DRAINING):
+                    self._delete(node.id, NodeState.LOST, "Job was evicted: its node's VM vanished")
+                elif node.state == NodeState.DELETING:
+                    with self._engine.begin() as connection:
+                        connection.execute(update(nodes).where(nodes.c.id == node.id,
+                                                               nodes.c.state == NodeState.DELETING)
+                                           .values(state=NodeState.DELETED))
+
+

@@ -29,6 +29,24 @@ def can_transition(current: JobStatus, new: JobStatus) -> bool:
     return new in TRANSITIONS[current]
 
 
+class NodeState(StrEnum):
+    """creating -> configuring -> ready -> draining -> deleting -> deleted, or failed / lost (DESIGN.md 3.4)."""
+
+    CREATING = "creating"
+    CONFIGURING = "configuring"
+    READY = "ready"
+    DRAINING = "draining"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+NODE_BOOTING = frozenset({NodeState.CREATING, NodeState.CONFIGURING})
+NODE_LIVE = NODE_BOOTING | {NodeState.READY, NodeState.DRAINING}
+NODE_GONE = frozenset(NodeState) - NODE_LIVE  # out of the pool (its VM may still be being destroyed)
+
+
 class StatusReason:
     """The statusReason strings users see; the real PROMINENCE strings where one exists."""
 

@@ -427,7 +427,8 @@ class JobSpec(_Model):
         return {"cpus": resources.min_cpus, "memory_mb": math.ceil(memory_gb * 1024), "disk_gb": resources.disk,
                 "nodes": resources.nodes or 0,  # 0: totalCpusRange, as many nodes as it can get
                 "priority": policies.priority or 0, "autoscale": policies.autoScalingType != "none",
-                "queue_limit_s": minutes * 60 if minutes > 0 else None}
+                "queue_limit_s": minutes * 60 if minutes > 0 else None,
+                "placement": policies.placement.model_dump(exclude_none=True) if policies.placement else None}
 
     def to_stored(self) -> dict[str, Any]:
         """The normalized description that is stored, shown back and cloned."""

@@ -1,7 +1,11 @@
 """Rules for ending a job's attempt, shared by the agent protocol and the provisioner."""
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Connection, select, update
+
 from schema.enums import JobStatus, StatusReason
+from schema.tables import jobs
 
 DEFAULT_INFRASTRUCTURE_RETRIES = 2  # DESIGN.md 3.3: infrastructure failures are retried by default
 
@@ -19,3 +23,28 @@ def infrastructure_failure(spec: dict[str, Any], retries: int, reason: str, now:
         return {"status": JobStatus.IDLE, "node_id": None, "retries": retries + 1,
                 "status_reason": StatusReason.RETRYING.format(reason=reason)}
     return finished(spec, JobStatus.FAILED, reason, now)
+
+
+def release_node_jobs(connection: Connection, node_ids: Sequence[int], reason: str, now: int,
+                      counts_as_retry: bool = True, assigned_too: bool = True) -> list[int]:
+    """The one place where a node's jobs leave it (node lost, failed, deleted, agent restarted,
+    service stopped). Jobs it was given but had not started go back to the queue
+    (`assigned_too`); jobs it was running are retried elsewhere as infrastructure failures, or
+    fail once their retries are spent; without `counts_as_retry` (a planned stop of the service,
+    not the job's failure) they are queued again as they were. Returns the running jobs' ids."""
+    if not node_ids:
+        return []
+    if not counts_as_retry:
+        statuses = (JobStatus.IDLE, JobStatus.RUNNING) if assigned_too else (JobStatus.RUNNING,)
+        return list(connection.execute(
+            update(jobs).where(jobs.c.node_id.in_(node_ids), jobs.c.status.in_(statuses))
+            .values(status=JobStatus.IDLE, node_id=None, status_reason=reason).returning(jobs.c.id)).scalars())
+    if assigned_too:
+        connection.execute(update(jobs).where(jobs.c.node_id.in_(node_ids), jobs.c.status == JobStatus.IDLE)
+                           .values(node_id=None, status_reason=StatusReason.WAITING))
+    running = connection.execute(select(jobs.c.id, jobs.c.spec, jobs.c.retries, jobs.c.attempt).where(
+        jobs.c.node_id.in_(node_ids), jobs.c.status == JobStatus.RUNNING)).all()
+    for job in running:
+        connection.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.attempt == job.attempt).values(
+            infrastructure_failure(job.spec, job.retries, reason, now)))
+    return [job.id for job in running]

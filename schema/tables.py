@@ -56,6 +56,10 @@ class Job(SQLModel, table=True):
     nodes: int = 1  # 0 for totalCpusRange
     autoscale: bool = True  # False for autoScalingType "none": never create capacity for it
     queue_deadline: int | None = Field(default=None, sa_column=Column(BigInteger))  # maximumTimeInQueue
+    # policies.placement ({"requirements": {...}, "preferences": {...}}), for the planner's filter and ranking
+    placement: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    # While the job waits: why, per candidate cloud ({"local": "quota used", ...}), as the planner last saw it
+    wait_reasons: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
 
 
 class Node(SQLModel, table=True):
@@ -80,8 +84,47 @@ class Node(SQLModel, table=True):
     ready_at: float | None = None
     last_heartbeat: float | None = None
     idle_since: float | None = None
+    ended_at: float | None = None  # when it left the pool (deleted, failed or lost): its spend stops there
+    flavour: str = ""
+    price: float = 0.0  # per hour, from the cloud's flavour
+    address: str = ""  # where it was configured (host name or IP)
+
+
+class Cloud(SQLModel, table=True):
+    """A cloud an admin configured (DESIGN.md 3.4); `schema/cloudspec.py` validates its fields."""
+
+    __tablename__ = "clouds"
+
+    name: str = Field(primary_key=True)
+    provider: str  # the libcloud provider name: local, ssh, ec2, openstack, gce, azure_arm...
+    driver_args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    create_options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    region: str = ""
+    site: str = ""
+    image: str = ""
+    connection: str = "ssh"  # how nodes are configured: ssh, or local (this machine)
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    node_root: str = "/var/lib/prominence-node"
+    install_packages: bool = True  # the playbook installs podman and what jobs' sandboxes need
+    flavours: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
+    max_instances: int | None = None
+    max_cpus: int | None = None
+    max_memory_mb: int | None = None
+    min_nodes: int = 0  # kept up even without work (a static pool's hosts)
+    idle_timeout: float = 600.0
+    create_timeout: float = 600.0
+    running_timeout: float = 600.0
+    configure_timeout: float = 600.0
+    max_booting: int = 4
+    enabled: bool = True
+    credentials: str | None = None  # Fernet token of the JSON credentials (schema/secrets.py); write-only
+    failures: list[float] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
+    created_at: float
+    updated_at: float
 
 
 jobs = Job.__table__
 nodes = Node.__table__
 id_counter = IdCounter.__table__
+clouds = Cloud.__table__

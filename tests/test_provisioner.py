@@ -30,13 +30,13 @@ def provisioner(settings):
 
 def create_vm(provisioner, name: str, service: str):
     """A VM of the local cloud, tagged as the VMs of `service`."""
-    driver = provisioner._driver
+    driver = provisioner.cloud("local")._driver
     size = NodeSize("local-1cpu", "local-1cpu", 1024, 1, None, 0, driver, extra={"cpus": 1})
     return driver.create_node(name, size, ex_metadata={"prominence-service": service})
 
 
 def test_reconcile_destroys_unknown_vms_and_loses_nodes_whose_vm_vanished(provisioner, api):
-    engine, driver, service = provisioner._engine, provisioner._driver, provisioner._config.service_id
+    engine, driver, service = provisioner._engine, provisioner.cloud("local")._driver, provisioner._config.service_id
     stray = create_vm(provisioner, f"prominence-{service}-99", service)
     foreign = create_vm(provisioner, "someone-else-1", "other")
     job_id = api.submit(simple_job())
@@ -84,7 +84,7 @@ def test_no_new_work_for_a_node_that_missed_two_heartbeats(tmp_path, database_ur
 
 
 def test_stopping_the_provisioner_destroys_its_local_nodes_and_requeues_their_jobs(provisioner, api):
-    engine, driver, service = provisioner._engine, provisioner._driver, provisioner._config.service_id
+    engine, driver, service = provisioner._engine, provisioner.cloud("local")._driver, provisioner._config.service_id
     ours = create_vm(provisioner, f"prominence-{service}-1", service)
     foreign = create_vm(provisioner, "someone-else-1", "other")
     node_id = add_ready_node(engine, ours.name, 1, time.time())

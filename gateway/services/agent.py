@@ -20,14 +20,13 @@ from sqlalchemy import Engine, and_, func, select, update
 from gateway.errors import BadRequest, Forbidden
 from gateway.services.jobs import output_path
 from gateway.storage import ObjectStore
-from schema.enums import JobStatus
+from schema.enums import NODE_GONE, JobStatus, NodeState
 from schema.identity import TokenAuthority
 from schema.jobspec import DEFAULT_WALLTIME_MINUTES
-from schema.lifecycle import finished, infrastructure_failure
+from schema.lifecycle import finished, infrastructure_failure, release_node_jobs
 from schema.signals import Signal, wait_for_event
 from schema.tables import jobs, nodes
 
-_GONE = ("deleting", "deleted", "failed", "lost")
 # A job token outlives the walltime by this much: the image pull (up to 30 min) and the stage-in
 # come first. The gateway also refuses it as soon as the attempt is over.
 JOB_TOKEN_MARGIN_S = 3600
@@ -63,7 +62,7 @@ class AgentService:
 
     def _node(self, connection, node_id: int) -> Any:
         row = connection.execute(select(nodes).where(nodes.c.id == node_id)).first()
-        if row is None or row.state in _GONE:
+        if row is None or row.state in NODE_GONE:
             raise Forbidden(f"Node {node_id} is not part of the pool any more")
         return row
 
@@ -76,13 +75,9 @@ class AgentService:
             with self._engine.begin() as connection:
                 node = self._node(connection, node_id)
                 connection.execute(update(nodes).where(nodes.c.id == node_id).values(
-                    state="ready", ready_at=node.ready_at or now, last_heartbeat=now,
+                    state=NodeState.READY, ready_at=node.ready_at or now, last_heartbeat=now,
                     idle_since=node.idle_since or now, info={**node.info, **info}))
-                orphans = connection.execute(select(jobs.c.id, jobs.c.spec, jobs.c.retries, jobs.c.attempt).where(
-                    jobs.c.node_id == node_id, jobs.c.status == JobStatus.RUNNING)).all()
-                for job in orphans:
-                    connection.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.attempt == job.attempt).values(
-                        infrastructure_failure(job.spec, job.retries, "the node's agent restarted", int(now))))
+                release_node_jobs(connection, [node_id], "the node's agent restarted", int(now), assigned_too=False)
             return {"node": node_id}
         result = await to_thread.run_sync(run)
         self._jobs_changed.notify()  # new capacity: match waiting jobs to it

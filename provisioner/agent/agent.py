@@ -2,7 +2,8 @@
 
 Run as `python3 -m agent --config agent.json` (the playbook copies this package to the node). The
 config holds the gateway URL, the node's id, name and token, its work dir, its size and the
-containers.conf podman needs. Standard library only.
+containers.conf podman needs, and optionally `ca_file`: the PEM bundle an https gateway's
+certificate must verify against (default: the system's CAs). Standard library only.
 """
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from typing import Any
 
 from . import runtime, sandbox, staging
-from .client import Gateway, GatewayError
+from .client import Gateway, GatewayError, certificate_error
 
 log = logging.getLogger("prominence.agent")
 
@@ -46,7 +48,7 @@ def cpu_info() -> dict[str, str]:
 class Agent:
     def __init__(self, config: dict[str, Any]):
         self.config = config
-        self.gateway = Gateway(config["gateway"], config["token"])
+        self.gateway = Gateway(config["gateway"], config["token"], config.get("ca_file"))
         self.node_name = config["node_name"]
         self.work_dir = config["work_dir"]
         self.podman = runtime.Podman(containers_conf=config.get("containers_conf"))
@@ -76,6 +78,11 @@ class Agent:
         except GatewayError as error:
             log.error("the gateway %s did not register node %s (%s); exiting",
                       self.config["gateway"], self.config["node_id"], error)
+            return 1
+        except ssl.SSLCertVerificationError as error:  # not retried: it will not verify any better
+            log.error("the gateway's certificate did not verify: %s (gateway %s, trusted CAs: %s); node %s is not "
+                      "registered; exiting", error.verify_message, self.config["gateway"],
+                      self.config.get("ca_file") or "the system's", self.config["node_id"])
             return 1
         except OSError as error:
             log.error("could not reach the gateway %s to register node %s (%s); exiting",
@@ -135,10 +142,13 @@ class Agent:
         # jobs requeued elsewhere: their containers here would only waste the machine.
         gateway_timeout = float(self.config.get("gateway_timeout", 900))
         last_contact = time.monotonic()
+        last_failure: OSError | None = None
         while not self.stopping.wait(interval):
             if time.monotonic() - last_contact > gateway_timeout:
-                log.error("no answer from the gateway %s for %.0f s; stopping this node's containers and exiting",
-                          self.config["gateway"], time.monotonic() - last_contact)
+                failure = certificate_error(last_failure) if last_failure else None
+                log.error("no answer from the gateway %s for %.0f s%s; stopping this node's containers and exiting",
+                          self.config["gateway"], time.monotonic() - last_contact,
+                          f" (its certificate did not verify: {failure.verify_message})" if failure else "")
                 self.exit_status = 1
                 self.stopping.set()
                 return
@@ -152,7 +162,8 @@ class Agent:
                     self.stopping.set()
                     return
                 continue
-            except OSError:
+            except OSError as error:
+                last_failure = error
                 continue
             last_contact = time.monotonic()
             for job_id, attempt in answer.get("stop", []):
@@ -414,4 +425,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with open(args.config) as handle:
         config = json.load(handle)
-    raise SystemExit(Agent(config).run())
+    try:
+        agent = Agent(config)
+    except OSError as error:  # e.g. a ca_file that cannot be read
+        log.error("%s; exiting", error)
+        raise SystemExit(1) from None
+    raise SystemExit(agent.run())

@@ -37,11 +37,20 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _register_lock = threading.Lock()
 
 
+# The service's own libcloud providers: id -> (module, class). The modules load when first used.
+_PROVIDERS = {
+    LOCAL_PROVIDER: ("provisioner.drivers.local", "LocalNodeDriver"),
+    "ssh": ("provisioner.drivers.ssh_pool", "SshPoolNodeDriver"),  # ssh_pool.SSH_PROVIDER
+}
+
+
 def register() -> type[NodeDriver]:
-    """Register LocalNodeDriver as libcloud provider "local" (idempotent); return the class."""
+    """Register the service's libcloud providers, "local" (LocalNodeDriver) and "ssh"
+    (SshPoolNodeDriver), idempotently; return the "local" class."""
     with _register_lock:
-        if LOCAL_PROVIDER not in DRIVERS:
-            set_driver(LOCAL_PROVIDER, "provisioner.drivers.local", "LocalNodeDriver")
+        for provider, (module, cls) in _PROVIDERS.items():
+            if provider not in DRIVERS:
+                set_driver(provider, module, cls)
     return get_driver(LOCAL_PROVIDER)
 
 

@@ -37,6 +37,7 @@ def upgrade() -> None:
             log.warning("job %s: its description is not valid any more; its scheduling columns are unchanged", row.id)
             continue
         limit = demand.pop("queue_limit_s")
+        demand.pop("placement")  # 0004 adds that column
         connection.execute(sa.update(jobs).where(jobs.c.id == row.id).values(
             **demand, queue_deadline=row.create_time + limit if limit else None))
 
