@@ -278,6 +278,20 @@ def test_jobs_reach_an_https_gateway_through_the_agents_relay(server, pki):
         relay.close()
 
 
+
+def test_artifacts_on_the_gateway_are_fetched_with_the_agents_ca(server, pki, tmp_path):
+    """Signed URLs of an https gateway with a private CA: the agent trusts its ca_file for them
+    (and the system CAs for the rest); without it the download fails verification."""
+    from provisioner.agent import staging
+
+    artifact = [{"url": f"{server.url}/v1/openapi.json"}]
+    (tmp_path / "home").mkdir()
+    staging.fetch_artifacts(str(tmp_path / "home"), artifact, str(tmp_path), ca_file=str(pki["ca"]))
+    assert b'"openapi"' in (tmp_path / "home" / "openapi.json").read_bytes()
+    with pytest.raises(staging.StageError, match="CERTIFICATE_VERIFY_FAILED"):
+        staging.fetch_artifacts(str(tmp_path / "home"), artifact, str(tmp_path))
+
+
 # --- the playbook ------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -27,28 +27,14 @@ from provisioner.drivers.ssh_pool import (
     NoFreeHostError,
     SshPoolNodeDriver,
 )
-from tests.services import free_port, sshd_server
-from tests.test_configure_ssh import (
-    STAND_IN,
+from tests.services import free_port
+from tests.test_configure_ssh import (  # noqa: F401 - agent_src and sshd are fixtures
+    agent_src,
     files_containing,
     ssh_sessions_end,
+    sshd,
     standin_state,
 )
-
-
-@pytest.fixture
-def agent_src(tmp_path) -> Path:
-    src = tmp_path / "src" / "agent"
-    src.mkdir(parents=True)
-    (src / "__init__.py").write_text("")
-    (src / "__main__.py").write_text(STAND_IN)
-    return src
-
-
-@pytest.fixture
-def sshd(tmp_path):
-    with sshd_server(tmp_path / "sshd") as server:
-        yield server
 
 
 def hosts(tmp_path: Path, port: int, shapes=((2, 4000, 20), (2, 4000, 20))) -> list[dict]:

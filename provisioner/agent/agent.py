@@ -227,7 +227,7 @@ class JobRunner(threading.Thread):
         try:
             staging.write_inputs(self.home, self.spec.get("inputs", []))
             mounts = staging.fetch_artifacts(self.home, self.spec.get("artifacts", []), self.sandbox.mounts,
-                                             self.sandbox.create_connection)
+                                             self.sandbox.create_connection, self.agent.config.get("ca_file"))
             self.sandbox.give_to_job()
         except staging.StageError as error:
             return {"status": "failed", "reason": error.reason, "infrastructure": True,

@@ -15,6 +15,7 @@ import http.client
 import os
 import shutil
 import socket
+import ssl
 import stat
 import tarfile
 import tempfile
@@ -52,8 +53,9 @@ def write_inputs(home: str, inputs: list[dict]) -> None:
 _ARCHIVES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip", ".gz", ".bz2")
 
 
-def _opener(create_connection) -> urllib.request.OpenerDirector:
-    """urllib whose connections (redirects included) are made by `create_connection`."""
+def _opener(create_connection, ca_file: str | None) -> urllib.request.OpenerDirector:
+    """urllib whose connections (redirects included) are made by `create_connection`; https
+    trusts the system's CAs and `ca_file` (the gateway's, whose signed URLs artifacts may be)."""
     class HTTPConnection(http.client.HTTPConnection):
         _create_connection = staticmethod(create_connection)
 
@@ -68,17 +70,20 @@ def _opener(create_connection) -> urllib.request.OpenerDirector:
         def https_open(self, request):
             return self.do_open(HTTPSConnection, request, context=self._context)
 
-    return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(ca_file)
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler(context=context))
 
 
 def fetch_artifacts(home: str, artifacts: list[dict], mounts_dir: str,
-                    create_connection=socket.create_connection) -> list[tuple[str, str]]:
+                    create_connection=socket.create_connection, ca_file: str | None = None) -> list[tuple[str, str]]:
     """Download each artifact into `home` (connections made by `create_connection`: the agent
     passes its sandbox's, so an artifact reaches no more than the job could), unpack archives in
     place; returns the bind mounts (host path, container path) their `mountpoint`s ask for. A
     mountpoint's directory moves to `mounts_dir/<n>`, out of the job's reach, and the home keeps
     a link to where the container sees it."""
-    opener = _opener(create_connection)
+    opener = _opener(create_connection, ca_file)
     mounts = []
     for artifact in artifacts:
         url = artifact["url"]
