@@ -104,7 +104,7 @@ def _enable(args):
 
 
 def _set_credentials(args):
-    credentials = _read(args.file, "the credentials")
+    credentials = _read(args.file, "the credentials file")
     _service(args).set_credentials(args.name, credentials)
     print(f"credentials of {args.name} set")
 

@@ -290,7 +290,7 @@ def plan(snapshot: Snapshot) -> Plan:
     clouds = {c.name: c for c in snapshot.clouds}
     enabled = [c for c in snapshot.clouds if c.enabled]
 
-    # Nodes: lost (no heartbeat), stuck booting, idle too long.
+    # Nodes lost (no heartbeat) or stuck booting.
     for node in snapshot.nodes:
         cloud = clouds.get(node.cloud)
         if node.state in (NodeState.READY, NodeState.DRAINING) and \
@@ -304,19 +304,6 @@ def plan(snapshot: Snapshot) -> Plan:
     for node in snapshot.nodes:
         if node.node_id not in gone:
             live_per_cloud[node.cloud] = live_per_cloud.get(node.cloud, 0) + 1
-    for node in sorted(snapshot.nodes, key=lambda n: n.idle_since or 0):
-        cloud = clouds.get(node.cloud)
-        if node.node_id in gone or node.state != NodeState.READY:
-            continue
-        if node.busy != (node.idle_since is None):
-            result.idle_marks[node.node_id] = None if node.busy else now
-        idle_timeout = cloud.idle_timeout if cloud else 0.0
-        keep = cloud.min_nodes if cloud and cloud.enabled else 0
-        if not node.busy and node.idle_since is not None and now - node.idle_since >= idle_timeout \
-                and live_per_cloud[node.cloud] > keep:
-            result.deletions.append(Deletion(node.node_id, NodeState.DELETED, "idle"))
-            live_per_cloud[node.cloud] -= 1
-            gone.add(node.node_id)
 
     # Which shapes may use which cloud's nodes at all (placement requirements).
     shapes = list(dict.fromkeys(d.shape for d in snapshot.waiting))
@@ -328,6 +315,24 @@ def plan(snapshot: Snapshot) -> Plan:
              if n.state == NodeState.READY and n.node_id not in gone and (n.last_heartbeat or 0) >= fresh_since]
     result.assignments = match(snapshot.waiting, ready, allowed)
     left = [d for d in snapshot.waiting if d.job_id not in result.assignments]
+
+    # Idle nodes (those just given work are not): deleted after their cloud's idle timeout, but
+    # never below its min_nodes.
+    given_work = set(result.assignments.values())
+    for node in sorted(snapshot.nodes, key=lambda n: n.idle_since or 0):
+        cloud = clouds.get(node.cloud)
+        if node.node_id in gone or node.state != NodeState.READY:
+            continue
+        busy = node.busy or node.node_id in given_work
+        if busy != (node.idle_since is None):
+            result.idle_marks[node.node_id] = None if busy else now
+        idle_timeout = cloud.idle_timeout if cloud else 0.0
+        keep = cloud.min_nodes if cloud and cloud.enabled else 0
+        if not busy and node.idle_since is not None and now - node.idle_since >= idle_timeout \
+                and live_per_cloud[node.cloud] > keep:
+            result.deletions.append(Deletion(node.node_id, NodeState.DELETED, "idle"))
+            live_per_cloud[node.cloud] -= 1
+            gone.add(node.node_id)
 
     # 2. Jobs no enabled cloud can ever run, and those that only wait for existing nodes.
     can_ever = {s: s.nodes == 1 and any(allowed[s, c.name] and any(f.fits(s) and _ever_fits(c, f) for f in c.flavours)

@@ -13,16 +13,22 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from schema.errors import DomainError
+
 MAX_CREDENTIALS_BYTES = 64 * 1024
 
 
-class CredentialError(Exception):
+class CredentialError(DomainError):
     pass
 
 
 class CredentialBox:
     def __init__(self, key: bytes):
-        self._fernet = Fernet(key)
+        try:
+            self._fernet = Fernet(key)
+        except ValueError:
+            raise CredentialError("the credentials key (PROMINENCE_CREDENTIALS_KEY or credentials.key in the data "
+                                  "dir) is not a Fernet key: 32 url-safe base64-encoded bytes") from None
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> CredentialBox:

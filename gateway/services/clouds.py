@@ -101,9 +101,9 @@ class CloudService:
 
     def set_credentials(self, name: str, credentials: dict[str, str]) -> None:
         """Sets (or rotates) a cloud's credentials; new VMs and deletions use them at once."""
-        sealed = self._seal(credentials)
         with self._engine.begin() as connection:
             self._spec(connection, name)
+            sealed = self._seal(credentials)
             connection.execute(update(clouds).where(clouds.c.name == name).values(
                 credentials=sealed, updated_at=time.time()))
 
@@ -113,7 +113,8 @@ class CloudService:
             live = connection.execute(select(func.count()).select_from(nodes).where(
                 nodes.c.cloud == name, nodes.c.state.in_(NODE_LIVE))).scalar_one()
             if live:
-                raise Conflict(f"Cloud {name} still has {live} nodes: disable it, and remove it once they are gone")
+                raise Conflict(f"Cloud {name} still has {live} live node{'s' if live != 1 else ''}: disable it, "
+                               "and remove it once they are gone")
             connection.execute(delete(clouds).where(clouds.c.name == name))
 
     def apply(self, documents: list[dict[str, Any]]) -> list[str]:
