@@ -67,6 +67,7 @@ bench: $(STAMP) $(MOTO_STAMP) system-packages
 	$(BIN)/python bench/submit.py
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/dispatch.py
+	$(BIN)/python bench/burst.py
 
 clean:
 	rm -rf $(VENV) $(MOTO_VENV) $(DATA)

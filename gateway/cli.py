@@ -21,6 +21,15 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
                          tls_cert=args.tls_cert, tls_key=args.tls_key, agent_ca=args.agent_ca, **extra)
 
 
+def _log_to_stderr() -> None:
+    """The service's own log lines (the provisioner's "creating node", "configured"...): uvicorn
+    configures only its own loggers."""
+    import logging
+
+    logging.basicConfig(level=os.environ.get("PROMINENCE_LOG_LEVEL", "info").upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -34,6 +43,7 @@ def _serve(args: argparse.Namespace) -> None:
                 app.state.agent.stop_claims()
             super().handle_exit(sig, frame)
 
+    _log_to_stderr()
     settings = _settings(args, run_provisioner=not args.no_provisioner)
     app = create_app(settings)
     # A bounded graceful shutdown all the same: a second Ctrl-C while uvicorn waits for slow
@@ -51,14 +61,11 @@ def _serve(args: argparse.Namespace) -> None:
 def _provisioner(args: argparse.Namespace) -> None:
     """The provisioner alone, against the gateway's database (`serve --no-provisioner` elsewhere).
     Without the gateway's in-process signals it looks at the database every second."""
-    import logging
-
     from gateway.app import build_provisioner
     from schema.db import make_engine, upgrade
     from schema.signals import Signal
 
-    logging.basicConfig(level=os.environ.get("PROMINENCE_LOG_LEVEL", "info").upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _log_to_stderr()
     settings = _settings(args)
     engine = make_engine(settings.database_url)
     upgrade(engine)

@@ -1,7 +1,11 @@
 """Configure a node: run playbooks/node.yml on it with ansible-runner (and, with the same
 runner code, other playbooks such as playbooks/stop.yml: see ``run_playbook``).
 
-Secrets: ``agent_config`` holds the node's token and reaches ansible only as extravars. Each run
+Several nodes can be configured by one run (``configure_nodes``): each is a host of the inventory
+with its own variables, and ansible runs them in parallel forks, sharing the controller's cost.
+The agent goes as one zip application (``agent_archive``).
+
+Secrets: ``agent_config`` holds the node's token and reaches ansible only as host variables. Each run
 gets a fresh private data dir (mode 0700) that also holds ANSIBLE_HOME, the local and (for local
 connections) remote temp dirs, (for SSH) ssh's control sockets, and TMPDIR; it is deleted when the
 run ends, whatever the outcome, after the run's ssh control masters are closed.
@@ -22,7 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ansible_runner.interface import init_runner
@@ -116,125 +121,179 @@ def _failure_message(event_data: dict) -> str:
     return f"{task}: {' | '.join(parts) or 'failed'}"
 
 
-def configure_node(
+def agent_archive(agent_src: Path, directory: str) -> str:
+    """The agent package as one zip application (`python3 agent.pyz --config X`): one file to
+    copy instead of a module run per source file. Byte-identical for identical sources (fixed
+    timestamps, no __pycache__), so the playbook restarts agents only when their code changed."""
+    path = os.path.join(directory, "agent.pyz")
+    source = Path(agent_src)
+    if not (source / "__main__.py").is_file():
+        raise FileNotFoundError(f"no agent package (with a __main__.py) at {source}")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        def add(name: str, data: bytes) -> None:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data, zipfile.ZIP_DEFLATED)
+
+        add("__main__.py", b"import runpy\nrunpy.run_module('agent', run_name='__main__', alter_sys=True)\n")
+        for file in sorted(source.rglob("*")):
+            relative = file.relative_to(source)
+            if file.is_file() and "__pycache__" not in relative.parts and file.suffix != ".pyc":
+                add(f"agent/{relative.as_posix()}", file.read_bytes())
+    return path
+
+
+@dataclass
+class Target:
+    """One host of a playbook run, with its own variables and how to reach it."""
+
+    host: str  # the address (ssh), or a name (local)
+    variables: dict = field(repr=False)
+    connection: str = "ssh"  # ssh | local
+    ssh_user: str | None = None
+    ssh_port: int = 22
+    ssh_key: str | None = field(default=None, repr=False)  # a private key's text (wins over ssh_key_file)
+    ssh_key_file: str | None = None
+    python_interpreter: str = "/usr/bin/python3"
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)  # redacted from its error
+
+
+def node_target(
     host: str,
     node_dir: str,
     agent_config: dict,
-    agent_src: Path,
     connection: str = "local",
     ssh_user: str | None = None,
     ssh_key_file: str | None = None,
     ssh_port: int = 22,
     install_packages: bool = False,
-    timeout: int = 600,
     python_interpreter: str = "/usr/bin/python3",
     extravars: dict | None = None,
-) -> ConfigureResult:
-    """Run playbooks/node.yml against ``host`` and return how it went.
-
-    ``connection`` is "local" (a local node: the agent runs under ``node_dir`` on this machine,
-    started with nohup/setsid, never as a systemd unit, so the local driver can stop it) or
-    "ssh" (a VM: the agent becomes a systemd unit where the host runs systemd). ``extravars``
-    are extra playbook variables (e.g. ``agent_ready_regex``, ``agent_env``); they cannot
-    override the ones derived from the arguments."""
-    started = time.monotonic()
-    if connection not in ("local", "ssh"):
-        return ConfigureResult("error", None, f"unknown connection {connection!r}", 0.0)
-    playbook_vars = dict(extravars or {})
-    playbook_vars.update(
-        {
-            "node_dir": str(node_dir),
-            "agent_src": str(Path(agent_src).absolute()),
-            "agent_config": agent_config,
-            "python_interpreter": python_interpreter,
-            "install_packages": bool(install_packages),
-            "agent_use_systemd": False if connection == "local" else playbook_vars.get("agent_use_systemd", "auto"),
-            "node_become": connection == "ssh" and ssh_user not in (None, "root"),
-        }
-    )
-    log.info("configuring node %s in %s over %s", host, node_dir, connection)
-    result = run_playbook(PLAYBOOK, host, playbook_vars, connection=connection, ssh_user=ssh_user,
-                          ssh_key_file=ssh_key_file, ssh_port=ssh_port, timeout=timeout,
-                          python_interpreter=python_interpreter, secrets=_secret_strings(agent_config))
-    result = replace(result, duration=time.monotonic() - started)
-    if result.ok:
-        log.info("configured node %s in %.1f s", host, result.duration)
-    else:
-        log.warning("configuring node %s failed (%s) after %.1f s: %s", host, result.status, result.duration,
-                    result.error)
-    return result
-
-
-def run_playbook(
-    playbook: str | os.PathLike,
-    host: str,
-    playbook_vars: dict,
-    *,
-    connection: str = "ssh",
-    ssh_user: str | None = None,
-    ssh_key_file: str | None = None,
     ssh_key: str | None = None,
-    ssh_port: int = 22,
-    timeout: int = 600,
-    python_interpreter: str = "/usr/bin/python3",
-    secrets: set[str] | frozenset[str] = frozenset(),
-) -> ConfigureResult:
-    """Run ``playbook`` against ``host`` with ``playbook_vars`` as extravars, in a fresh private
-    data dir with a scrubbed environment (see the module's docstring), and return how it went.
+) -> Target:
+    """A node for playbooks/node.yml. ``connection`` is "local" (a local node: the agent runs
+    under ``node_dir`` on this machine, started with nohup/setsid, never as a systemd unit, so the
+    local driver can stop it) or "ssh" (a VM: the agent becomes a systemd unit where the host runs
+    systemd). ``extravars`` are extra playbook variables (e.g. ``agent_ready_regex``,
+    ``agent_env``, ``agent_ca_pem``); they cannot override the ones derived from the arguments."""
+    variables = dict(extravars or {})
+    variables.update({
+        "node_dir": str(node_dir),
+        "agent_config": agent_config,
+        "python_interpreter": python_interpreter,
+        "install_packages": bool(install_packages),
+        "agent_use_systemd": False if connection == "local" else variables.get("agent_use_systemd", "auto"),
+        "node_become": connection == "ssh" and ssh_user not in (None, "root"),
+    })
+    return Target(host, variables, connection, ssh_user, ssh_port, ssh_key, ssh_key_file, python_interpreter,
+                  frozenset(_secret_strings(agent_config)))
 
-    ``connection`` is "local" or "ssh". For SSH, ``ssh_key`` is a private key's text (written to a
-    0600 file inside the private data dir, removed with it; it wins over ``ssh_key_file``).
-    ``secrets`` are strings to redact from the error message (the key's text always is). Logs
-    nothing about the run: callers say what it was for."""
+
+def configure_nodes(targets: list[Target], agent_src: Path, timeout: int = 600) -> list[ConfigureResult]:
+    """Run playbooks/node.yml on several nodes at once (one ansible run, a fork per node: the
+    controller's cost is shared), and return each node's result, in order."""
     started = time.monotonic()
+    for target in targets:
+        log.info("configuring node %s in %s over %s", target.host, target.variables["node_dir"], target.connection)
+    with tempfile.TemporaryDirectory(prefix="prominence-agent-") as directory:
+        try:
+            archive = agent_archive(agent_src, directory)
+        except OSError as error:
+            results = [ConfigureResult("error", None, str(error), 0.0) for _ in targets]
+        else:
+            results = run_playbook_on(PLAYBOOK, targets, {"agent_archive": archive}, timeout)
+    results = [replace(result, duration=time.monotonic() - started) for result in results]
+    for target, result in zip(targets, results):
+        if result.ok:
+            log.info("configured node %s in %.1f s", target.host, result.duration)
+        else:
+            log.warning("configuring node %s failed (%s) after %.1f s: %s", target.host, result.status,
+                        result.duration, result.error)
+    return results
+
+
+def configure_node(host: str, node_dir: str, agent_config: dict, agent_src: Path, connection: str = "local",
+                   ssh_user: str | None = None, ssh_key_file: str | None = None, ssh_port: int = 22,
+                   install_packages: bool = False, timeout: int = 600, python_interpreter: str = "/usr/bin/python3",
+                   extravars: dict | None = None) -> ConfigureResult:
+    """Run playbooks/node.yml against one node (see node_target) and return how it went."""
     if connection not in ("local", "ssh"):
         return ConfigureResult("error", None, f"unknown connection {connection!r}", 0.0)
-    secrets = set(secrets)
-    if ssh_key:
-        secrets |= _key_secrets(ssh_key)
-    failures: list[str] = []
+    target = node_target(host, node_dir, agent_config, connection, ssh_user, ssh_key_file, ssh_port,
+                         install_packages, python_interpreter, extravars)
+    return configure_nodes([target], agent_src, timeout)[0]
+
+
+def run_playbook(playbook: str | os.PathLike, host: str, playbook_vars: dict, *, connection: str = "ssh",
+                 ssh_user: str | None = None, ssh_key_file: str | None = None, ssh_key: str | None = None,
+                 ssh_port: int = 22, timeout: int = 600, python_interpreter: str = "/usr/bin/python3",
+                 secrets: set[str] | frozenset[str] = frozenset()) -> ConfigureResult:
+    """``playbook`` on one host (see run_playbook_on). Logs nothing about the run: callers say
+    what it was for."""
+    target = Target(host, playbook_vars, connection, ssh_user, ssh_port, ssh_key, ssh_key_file, python_interpreter,
+                    frozenset(secrets))
+    return run_playbook_on(playbook, [target], {}, timeout)[0]
+
+
+def run_playbook_on(playbook: str | os.PathLike, targets: list[Target], shared_vars: dict,
+                    timeout: int = 600) -> list[ConfigureResult]:
+    """Run ``playbook`` on ``targets`` (each with its variables as host variables; ``shared_vars``
+    as extravars) in a fresh private data dir with a scrubbed environment (see the module's
+    docstring), one fork per target; return each target's result, in order. An SSH key given as
+    text is written to a 0600 file inside the private data dir, removed with it."""
+    started = time.monotonic()
+    unknown = [t.connection for t in targets if t.connection not in ("local", "ssh")]
+    if unknown:
+        return [ConfigureResult("error", None, f"unknown connection {unknown[0]!r}", 0.0) for _ in targets]
+    names = [f"node{i}" for i in range(len(targets))]
+    secrets = [set(t.secrets) | (_key_secrets(t.ssh_key) if t.ssh_key else set()) for t in targets]
+    failures: dict[str, list[str]] = {}
     last_task: list[str] = []
+    stats: dict = {}  # the play's recap: hosts processed, failed, unreachable
 
     def on_event(event: dict) -> bool:
         kind = event.get("event")
         data = event.get("event_data") or {}
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-            failures.append(_failure_message(data))
+            failures.setdefault(data.get("host") or "", []).append(_failure_message(data))
         elif kind == "playbook_on_task_start":
             last_task[:] = [data.get("task") or ""]
-        return False  # keep nothing on disk
-
-    hostvars: dict = {
-        "ansible_connection": connection,
-        "ansible_python_interpreter": python_interpreter,
-    }
-    if connection == "ssh":
-        hostvars.update(
-            {
-                "ansible_host": host,
-                "ansible_port": int(ssh_port),
-                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-            }
-        )
-        if ssh_user:
-            hostvars["ansible_user"] = ssh_user
-        if ssh_key_file:
-            hostvars["ansible_ssh_private_key_file"] = str(ssh_key_file)
+        elif kind == "playbook_on_stats":
+            stats.update(data)
+        return False  # keep nothing on disk (so runner.stats, read from there, stays empty)
 
     pdd = tempfile.mkdtemp(prefix="prominence-configure-")
-    status, rc, error = "error", None, None
+    status, rc, run_error = "error", None, None
     try:
         home = os.path.join(pdd, "ansible")
         tmp = os.path.join(pdd, "tmp")
         os.makedirs(tmp, mode=0o700)
-        if connection == "ssh" and ssh_key:
-            key_dir = os.path.join(pdd, "ssh")
-            os.makedirs(key_dir, mode=0o700)
-            key_path = os.path.join(key_dir, "id_key")
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as key_file:
-                key_file.write(ssh_key if ssh_key.endswith("\n") else ssh_key + "\n")  # ssh wants the newline
-            hostvars["ansible_ssh_private_key_file"] = key_path
+        hosts = {}
+        for index, (name, target) in enumerate(zip(names, targets)):
+            hostvars = {**target.variables, "ansible_connection": target.connection,
+                        "ansible_python_interpreter": target.python_interpreter}
+            if target.connection == "local":
+                hostvars["ansible_remote_tmp"] = os.path.join(home, "remote_tmp")
+            else:
+                hostvars.update({
+                    "ansible_host": target.host,
+                    "ansible_port": int(target.ssh_port),
+                    "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                                               "-o LogLevel=ERROR",
+                })
+                if target.ssh_user:
+                    hostvars["ansible_user"] = target.ssh_user
+                key_file = target.ssh_key_file
+                if target.ssh_key:
+                    key_dir = os.path.join(pdd, "ssh")
+                    os.makedirs(key_dir, mode=0o700, exist_ok=True)
+                    key_file = os.path.join(key_dir, f"id_{index}")
+                    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                    with os.fdopen(fd, "w") as handle:  # ssh wants the final newline
+                        handle.write(target.ssh_key if target.ssh_key.endswith("\n") else target.ssh_key + "\n")
+                if key_file:
+                    hostvars["ansible_ssh_private_key_file"] = str(key_file)
+            hosts[name] = hostvars
         envvars = {
             "PATH": _ansible_bin_dir() + os.pathsep + SYSTEM_PATH,
             "ANSIBLE_PIPELINING": "True",
@@ -243,20 +302,17 @@ def run_playbook(
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_DEPRECATION_WARNINGS": "False",
-            "ANSIBLE_PYTHON_INTERPRETER": python_interpreter,
+            "ANSIBLE_FORKS": str(max(5, len(targets))),
             "TMPDIR": tmp,
-        }
-        if connection == "local":
-            envvars["ANSIBLE_REMOTE_TEMP"] = os.path.join(home, "remote_tmp")
-        else:
             # ssh's ControlPersist masters (60 s) get their sockets here, not in ~/.ansible/cp,
             # and are closed when the run ends (see _close_ssh_masters)
-            envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = os.path.join(home, "cp")
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(home, "cp"),
+        }
         runner = init_runner(
             private_data_dir=pdd,
             playbook=str(playbook),
-            inventory={"all": {"hosts": {host: hostvars}}},
-            extravars=playbook_vars,
+            inventory={"all": {"hosts": hosts}},
+            extravars=shared_vars,
             envvars=envvars,
             quiet=True,
             timeout=timeout,
@@ -273,27 +329,33 @@ def run_playbook(
         env.update(scrubbed)
         runner.run()
         status, rc = runner.status, runner.rc
-        if status != "successful":
-            if failures:
-                error = failures[-1]
-            elif status == "timeout":
-                error = f"timed out after {timeout} s" + (f" in task {last_task[0]}" if last_task else "")
+        if status not in ("successful", "failed"):
+            if status == "timeout":
+                run_error = f"timed out after {timeout} s" + (f" in task {last_task[0]}" if last_task else "")
             else:
                 tail = ""
                 try:
                     tail = runner.stdout.read()[-400:].strip()
                 except Exception:  # noqa: BLE001 - best effort, the message is a hint
                     pass
-                error = f"ansible-playbook ended {status} (rc={rc})" + (f": {tail}" if tail else "")
+                run_error = f"ansible-playbook ended {status} (rc={rc})" + (f": {tail}" if tail else "")
     except Exception as exc:  # noqa: BLE001 - a configuration failure is a result, not a crash
-        status, error = "error", f"{type(exc).__name__}: {exc}"
+        status, run_error = "error", f"{type(exc).__name__}: {exc}"
     finally:
-        if connection == "ssh":
-            _close_ssh_masters(os.path.join(pdd, "ansible", "cp"))
+        _close_ssh_masters(os.path.join(pdd, "ansible", "cp"))
         shutil.rmtree(pdd, ignore_errors=True)
-    if error:
-        error = _redact(error, secrets)[:_MAX_ERROR]
-    return ConfigureResult(status=status, rc=rc, error=error, duration=time.monotonic() - started)
+    duration = time.monotonic() - started
+    results = []
+    for name, secret in zip(names, secrets):
+        failed = name in failures or name in (stats.get("failures") or {}) or name in (stats.get("dark") or {})
+        if status in ("successful", "failed") and not failed and name in (stats.get("processed") or {}):
+            results.append(ConfigureResult("successful", 0, None, duration))
+            continue
+        error = (failures.get(name) or [None])[-1] or run_error or f"ansible-playbook ended {status} (rc={rc})"
+        results.append(ConfigureResult("failed" if status == "successful" else status, rc or 2,
+                                       _redact(error, secret)[:_MAX_ERROR], duration))
+    return results
 
 
-__all__ = ["ConfigureResult", "configure_node", "run_playbook", "PLAYBOOK", "STOP_PLAYBOOK"]
+__all__ = ["ConfigureResult", "Target", "configure_node", "configure_nodes", "node_target", "run_playbook",
+           "run_playbook_on", "PLAYBOOK", "STOP_PLAYBOOK"]

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from provisioner import planner
 from provisioner.clouds import Access, Cloud, Instance, LaunchError, classify
+from provisioner.configure import ConfigureResult, Target, configure_nodes, node_target
 from schema.enums import NodeState
 from schema.identity import TokenAuthority
 from schema.tables import clouds, nodes
@@ -46,6 +44,8 @@ class Launcher:
         self._delete = delete
         self._record_failure = record_failure
         self._stopping = stopping
+        self._batches = ConfigureBatches(lambda targets, timeout: configure_nodes(targets, AGENT_SOURCE, timeout),
+                                         self._creating)
 
     def record_node(self, cloud: str, flavour: planner.Flavour) -> tuple[int, str]:
         """The node's row, before anything is asked of the cloud; its name carries the service id."""
@@ -62,39 +62,55 @@ class Launcher:
 
     def boot(self, launch: planner.Launch, node_id: int, name: str) -> None:
         recorded: tuple[int, str] | None = (node_id, name)
+        # A failed attempt's node is failed once the next attempt's node is recorded (or nothing
+        # is left to try): until then it stands for the launch's jobs, so that a tick in between
+        # does not plan another VM for them.
+        failed: tuple[int, NodeState, str] | None = None
         skipped: set[str] = set()
-        for cloud_name, flavour in launch.candidates:
-            for attempt in range(1 + RETRIES_PER_CLOUD):
-                if cloud_name in skipped:
-                    break
-                if self._stopping.is_set():
-                    return  # the stop (local nodes) or the next start (the others) takes care of the node
-                cloud = self._cloud_of(cloud_name)
-                if cloud is None or (recorded is None and self._in_penalty_box(cloud_name)):
-                    skipped.add(cloud_name)
-                    if recorded:
-                        self._delete(recorded[0], NodeState.FAILED, f"cloud {cloud_name} cannot be used")
-                        recorded = None
-                    break
-                node_id, name = recorded or self.record_node(cloud_name, flavour)
-                recorded = None
-                try:
-                    self._bring_up(cloud, node_id, name, flavour)
-                    return
-                except LaunchError as error:
-                    if self._stopping.is_set():
-                        return
-                    message = cloud.redact(str(error))
-                    log.warning("node %s on %s (%s), attempt %d: %s", name, cloud_name, flavour.name, attempt + 1,
-                                message)
-                    self._record_failure(cloud_name)
-                    self._delete(node_id, NodeState.FAILED, f"Infrastructure deployment failed: {message}")
-                    if error.kind in ("quota", "image") or self._in_penalty_box(cloud_name):
-                        skipped.add(cloud_name)
-                    if error.kind != "error":
+        try:
+            for cloud_name, flavour in launch.candidates:
+                for attempt in range(1 + RETRIES_PER_CLOUD):
+                    if cloud_name in skipped:
                         break
-        log.warning("no node could be started for jobs %s on any of %s", list(launch.job_ids),
-                    sorted({c for c, _ in launch.candidates}))
+                    if self._stopping.is_set():
+                        return  # the stop (local nodes) or the next start (the others) takes care of the node
+                    cloud = self._cloud_of(cloud_name)
+                    if cloud is None or (recorded is None and self._in_penalty_box(cloud_name)):
+                        skipped.add(cloud_name)
+                        if recorded:
+                            self._delete(recorded[0], NodeState.FAILED, f"cloud {cloud_name} cannot be used")
+                            recorded = None
+                        break
+                    node_id, name = recorded or self.record_node(cloud_name, flavour)
+                    recorded = None
+                    if failed:
+                        self._delete(*failed)
+                        failed = None
+                    try:
+                        self._bring_up(cloud, node_id, name, flavour)
+                        return
+                    except LaunchError as error:
+                        if self._stopping.is_set():
+                            return
+                        message = cloud.redact(str(error))
+                        log.warning("node %s on %s (%s), attempt %d: %s", name, cloud_name, flavour.name,
+                                    attempt + 1, message)
+                        self._record_failure(cloud_name)
+                        failed = (node_id, NodeState.FAILED, f"Infrastructure deployment failed: {message}")
+                        if error.kind in ("quota", "image") or self._in_penalty_box(cloud_name):
+                            skipped.add(cloud_name)
+                        if error.kind != "error":
+                            break
+            log.warning("no node could be started for jobs %s on any of %s", list(launch.job_ids),
+                        sorted({c for c, _ in launch.candidates}))
+        finally:
+            if failed:
+                self._delete(*failed)
+
+    def _creating(self, cloud: str) -> int:
+        with self._engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(nodes).where(
+                nodes.c.cloud == cloud, nodes.c.state == NodeState.CREATING)).scalar_one()
 
     def _in_penalty_box(self, cloud: str) -> bool:
         with self._engine.connect() as connection:
@@ -113,7 +129,11 @@ class Launcher:
         access = cloud.access(instance)
         self._set_node(node_id, state=NodeState.CONFIGURING, address=access.host)
         deadline = time.monotonic() + record.configure_timeout
-        self._configure(cloud, access, node_id, name, flavour, record.configure_timeout)
+        result = self._batches.configure(cloud.name, self._target(cloud, access, node_id, name, flavour),
+                                         record.configure_timeout)
+        if not result.ok:
+            raise LaunchError("configure", result.error or result.status)
+        log.info("node %s configured in %.1f s", name, result.duration)
         while not self._stopping.is_set():
             with self._engine.connect() as connection:
                 state = connection.execute(select(nodes.c.state).where(nodes.c.id == node_id)).scalar()
@@ -127,10 +147,7 @@ class Launcher:
             time.sleep(0.2)
         raise LaunchError("configured", "the service stopped")
 
-    def _configure(self, cloud: Cloud, access: Access, node_id: int, name: str, flavour: planner.Flavour,
-                   timeout: float) -> None:
-        from provisioner.configure import configure_node
-
+    def _target(self, cloud: Cloud, access: Access, node_id: int, name: str, flavour: planner.Flavour) -> Target:
         config = self._config
         agent_config = {
             "gateway": config.gateway_url, "node_id": node_id, "node_name": name,
@@ -143,14 +160,9 @@ class Launcher:
         if config.agent_ca_pem:
             agent_config["ca_file"] = f"{access.node_dir}/gateway-ca.pem"
             extravars["agent_ca_pem"] = config.agent_ca_pem
-        with _key_file(access.private_key) as key_file:
-            result = configure_node(access.host, access.node_dir, agent_config, AGENT_SOURCE,
-                                    connection=access.connection, ssh_user=access.user, ssh_key_file=key_file,
-                                    ssh_port=access.port, install_packages=cloud.record.install_packages,
-                                    timeout=max(1, int(timeout)), extravars=extravars)
-        if not result.ok:
-            raise LaunchError("configure", result.error or result.status)
-        log.info("node %s configured in %.1f s", name, result.duration)
+        return node_target(access.host, access.node_dir, agent_config, access.connection, ssh_user=access.user,
+                           ssh_port=access.port, install_packages=cloud.record.install_packages,
+                           extravars=extravars, ssh_key=access.private_key)
 
     def _set_node(self, node_id: int, **values: Any) -> None:
         with self._engine.begin() as connection:
@@ -181,18 +193,49 @@ def _within(timeout: float, phase: str, call: Callable[[], Instance]) -> Instanc
     return outcome["value"]
 
 
-@contextmanager
-def _key_file(private_key: str | None):
-    """The cloud's SSH key in a 0600 file of a private directory, for the run, removed after it."""
-    if not private_key:
-        yield None
-        return
-    directory = tempfile.mkdtemp(prefix="prominence-key-")
-    try:
-        path = os.path.join(directory, "id")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
-        yield path
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+class ConfigureBatches:
+    """Nodes of one cloud that reach configuration together are configured by one ansible run,
+    a fork each, so the controller's cost is shared (bench/burst.py). The first of a cloud's
+    nodes to reach configuration waits, up to `window` seconds, while `creating(cloud)` says
+    other nodes of that cloud are still being created (the tick records a node before its boot
+    starts), then configures all that arrived meanwhile. A single boot is not held back."""
+
+    def __init__(self, configure: Callable[[list[Target], int], list[ConfigureResult]],
+                 creating: Callable[[str], int], window: float = 2.0):
+        self._configure = configure
+        self._creating = creating
+        self._window = window
+        self._lock = threading.Condition()
+        self._waiting: dict[str, list[_Request]] = {}
+
+    def configure(self, cloud: str, target: Target, timeout: float) -> ConfigureResult:
+        request = _Request(target, max(1, int(timeout)))
+        with self._lock:
+            batch = self._waiting.setdefault(cloud, [])
+            batch.append(request)
+            if len(batch) > 1:  # the batch's first node runs it
+                while request.result is None:
+                    self._lock.wait()
+                return request.result
+        deadline = time.monotonic() + self._window
+        while self._creating(cloud) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with self._lock:
+            batch = self._waiting.pop(cloud)
+        try:
+            results = self._configure([r.target for r in batch], max(r.timeout for r in batch))
+        except Exception as error:  # noqa: BLE001 - every node of the batch gets the failure
+            results = [ConfigureResult("error", None, f"{type(error).__name__}: {error}", 0.0) for _ in batch]
+        with self._lock:
+            for waiting, result in zip(batch, results):
+                waiting.result = result
+            self._lock.notify_all()
+        return request.result
+
+
+class _Request:
+    def __init__(self, target: Target, timeout: int):
+        self.target = target
+        self.timeout = timeout
+        self.result: ConfigureResult | None = None
+

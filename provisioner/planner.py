@@ -343,6 +343,7 @@ def plan(snapshot: Snapshot) -> Plan:
     booting_cloud = {n.node_id: n.cloud for n in booting}
     rooms = {c.name: _room(c, snapshot, gone) for c in enabled}
     per_shape: dict[Shape, dict[str, str]] = {}
+    existing_only: dict[Shape, WaitReason] = {}
     pending: list[Demand] = []
     for demand in left:
         shape = demand.shape
@@ -354,8 +355,13 @@ def plan(snapshot: Snapshot) -> Plan:
             cloud = booting_cloud[waiting_for_boot[demand.job_id]]
             result.reasons[demand.job_id] = WaitReason(StatusReason.CREATING.format(cloud=cloud))
         elif not shape.autoscale:
-            result.reasons[demand.job_id] = WaitReason(StatusReason.EXISTING_ONLY, {
-                c.name: "only existing resources allowed" for c in enabled})
+            # per cloud (once per shape): why it is no option (placement, no flavour big enough),
+            # or that the job only waits for existing nodes
+            if shape not in existing_only:
+                existing_only[shape] = WaitReason(StatusReason.EXISTING_ONLY, {
+                    c.name: _cloud_reason(shape, rooms[c.name]) or "only existing resources allowed"
+                    for c in enabled})
+            result.reasons[demand.job_id] = existing_only[shape]
         else:
             pending.append(demand)
 

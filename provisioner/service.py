@@ -366,8 +366,6 @@ class Provisioner:
         are done."""
         with self._engine.connect() as connection:
             cloud_rows = self._cloud_rows(connection)
-            known = connection.execute(select(nodes.c.id, nodes.c.cloud, nodes.c.name, nodes.c.state).where(
-                nodes.c.state.in_((*NODE_LIVE, NodeState.DELETING)))).all()
         for row in cloud_rows:
             cloud = self._driver_for(row)
             if cloud is None:
@@ -377,8 +375,15 @@ class Provisioner:
             except Exception as error:  # noqa: BLE001 - one cloud's API failing must not stop the others
                 log.warning("reconcile: cannot list the instances of %s: %s", row.name, cloud.redact(error))
                 continue
+            # Read right after the listing: a node is recorded before its VM is created, so a VM
+            # that a launch under way has just created is known (read before, it was destroyed).
+            with self._engine.connect() as connection:
+                known = connection.execute(select(nodes.c.id, nodes.c.cloud, nodes.c.name, nodes.c.state).where(
+                    nodes.c.state.in_((*NODE_LIVE, NodeState.DELETING)))).all()
+            # Any cloud's live nodes: two cloud records on one account and region list each
+            # other's VMs (node names are unique to the service).
+            live = {n.name for n in known if n.state in NODE_LIVE}
             mine = {n.name: n for n in known if n.cloud == row.name}
-            live = {name for name, n in mine.items() if n.state in NODE_LIVE}
             names = {vm.name for vm in vms}
             for vm in vms:
                 if vm.name not in live:

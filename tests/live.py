@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 class LiveServer:
     def __init__(self, data_dir: Path, database_url: str, port: int | None = None, provisioner: bool = False,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.data_dir = Path(data_dir)
         self.database_url = database_url
         self.port = port or free_port()
@@ -23,10 +23,11 @@ class LiveServer:
         self.process: subprocess.Popen | None = None
         self.log = self.data_dir.parent / f"server-{self.port}.log"
         self.extra_args = (*extra_args, *(() if provisioner else ("--no-provisioner",)))
+        self.env = dict(env or {})  # on top of the defaults, e.g. {"PROMINENCE_LOG_LEVEL": "info"}
 
     def start(self, timeout: float = 30) -> "LiveServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PROMINENCE_LOG_LEVEL": "warning"}
+        env = {**os.environ, "PROMINENCE_LOG_LEVEL": "warning", **self.env}
         command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port),
                    "--data-dir", str(self.data_dir), "--database-url", self.database_url, *self.extra_args]
         with open(self.log, "ab") as log:

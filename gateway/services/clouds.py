@@ -38,7 +38,7 @@ class CloudView:
     def to_dict(self) -> dict[str, Any]:
         return {**self.spec.model_dump(), "has_credentials": self.has_credentials, "health": round(self.health, 3),
                 "penalty_until": self.penalty_until, "instances": self.instances, "booting": self.booting,
-                "cpus_used": self.cpus, "memory_mb_used": self.memory_mb, "spend": round(self.spend, 4)}
+                "cpus_used": self.cpus, "memory_mb_used": self.memory_mb, "spend": round(self.spend, 6)}
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,2 @@
-"""The node agent: a stdlib-only package the playbook copies to a node and runs as `python3 -m agent`."""
+"""The node agent: a stdlib-only package the playbook copies to a node (as one zip application,
+`agent.pyz`) and runs as `python3 agent.pyz --config agent.json`."""

@@ -1,6 +1,7 @@
 """The node agent: registers, heartbeats, long-polls for jobs, runs each in containers, reports back.
 
-Run as `python3 -m agent --config agent.json` (the playbook copies this package to the node). The
+Run as `python3 agent.pyz --config agent.json` (the playbook copies this package to the node as one
+zip application; `python3 -m agent` works the same). The
 config holds the gateway URL, the node's id, name and token, its work dir, its size and the
 containers.conf podman needs, and optionally `ca_file`: the PEM bundle an https gateway's
 certificate must verify against (default: the system's CAs). Standard library only.

@@ -1,6 +1,6 @@
 """Container runtime of the node agent: runs one task in a container, with podman.
 
-Standard library only (the agent is copied to nodes and run as `python3 -m agent`).
+Standard library only (the agent is copied to nodes and run there with their python3).
 
 Interface
 ---------
