@@ -1,7 +1,9 @@
 import http.server
 import io
 import itertools
+import shutil
 import tarfile
+import tempfile
 import threading
 from pathlib import Path
 
@@ -104,3 +106,13 @@ def tgz(members: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+@pytest.fixture
+def run_dirs(monkeypatch):
+    """Where this test's ansible runs make their private data dirs (a short path: ssh's control
+    sockets live there), to check that none is left, whatever other processes do in /tmp."""
+    path = Path(tempfile.mkdtemp(prefix="pp-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -7,10 +7,8 @@ tests/test_configure_ssh.py, and destroyed with playbooks/stop.yml over SSH."""
 import json
 import logging
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -43,16 +41,6 @@ def hosts(tmp_path: Path, port: int, shapes=((2, 4000, 20), (2, 4000, 20))) -> l
          "memory_mb": memory, "disk_gb": disk, "node_root": str(tmp_path / f"h{i}")}
         for i, (cpus, memory, disk) in enumerate(shapes, start=1)
     ]
-
-
-@pytest.fixture
-def run_dirs(monkeypatch):
-    """Where this test's ansible runs make their private data dirs (a short path: ssh's control
-    sockets live there), to check that none is left, whatever other processes do in /tmp."""
-    path = Path(tempfile.mkdtemp(prefix="pp-", dir="/tmp"))
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
