@@ -1,6 +1,7 @@
 """A real `prominence-server serve` process, for tests and benchmarks that need one over HTTP."""
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ class LiveServer:
         self.log = self.data_dir.parent / f"server-{self.port}.log"
         self.extra_args = (*extra_args, *(() if provisioner else ("--no-provisioner",)))
         self.env = dict(env or {})  # on top of the defaults, e.g. {"PROMINENCE_LOG_LEVEL": "info"}
+        self.verify: bool | ssl.SSLContext = True  # how its health check verifies an https server
 
     def start(self, timeout: float = 30) -> "LiveServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -37,11 +39,12 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 204:
+                if httpx.get(f"{self.url}/v1/health", timeout=1, verify=self.verify).status_code == 204:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.stop()  # not left running for the next tests
         raise RuntimeError(f"server did not become healthy in {timeout} s: {self.log.read_text()}")
 
     def token(self, user: str = "alice", *extra: str) -> str:
