@@ -27,6 +27,7 @@ from sqlalchemy import Engine, func, select, update
 
 from provisioner import planner
 from provisioner.clouds import NODE_TAG, Cloud, CloudRecord, Instance, redact
+from provisioner.launcher import Launcher
 from schema.credentials import CredentialBox
 from schema.enums import NODE_BOOTING, NODE_GONE, NODE_LIVE, JobStatus, NodeState, StatusReason
 from schema.identity import TokenAuthority
@@ -65,14 +66,12 @@ def service_id(data_dir: Path) -> str:
 class Provisioner:
     def __init__(self, engine: Engine, config: ProvisionerConfig, tokens: TokenAuthority, box: CredentialBox,
                  jobs_changed: Signal, assigned: Signal):
-        from provisioner.launcher import Launcher
-
         self._engine = engine
         self._config = config
         self._box = box
         self._jobs_changed = jobs_changed
         self._assigned = assigned
-        self._clouds: dict[str, tuple[float, Cloud]] = {}
+        self._clouds: dict[str, tuple[float, Cloud | None]] = {}  # name -> (record's updated_at, driver)
         self._clouds_lock = threading.Lock()
         self._reasons: dict[int, planner.WaitReason] = {}  # what each waiting job was last told
         self._workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="node-lifecycle")
@@ -134,9 +133,9 @@ class Provisioner:
                     tuple(planner.Flavour(**f) for f in row.flavours), row.create_timeout, row.running_timeout,
                     row.configure_timeout, credentials)
                 cloud = Cloud(record, self._config.service_id)
-            except Exception as error:  # a bad record must not stop the other clouds
+            except Exception as error:  # a bad record must not stop the other clouds (said once per version)
                 log.error("cloud %s cannot be used: %s", row.name, redact(error, credentials))
-                return None
+                cloud = None
             self._clouds[row.name] = (row.updated_at, cloud)
             return cloud
 

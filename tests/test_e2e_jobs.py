@@ -206,17 +206,20 @@ def test_udocker_fails_clearly(client, image):
 
 
 def test_walltime_kills_the_job_and_queue_time_is_limited(client, image):
-    """Both limits are in minutes, so this test waits a minute for both at once."""
+    """Both limits are in minutes, so this test waits a minute for both at once. A job that no
+    enabled cloud can ever run fails at once; one that waits (here: on two nodes at once, which
+    the planner does not do yet) fails at its maximumTimeInQueue."""
     job_id = submit(client, job(image, {"cmd": "sleep 600"}, resources={"walltime": 1}))
-    impossible = submit(client, job(image, {"cmd": "true"}, cpus=64, policies={"maximumTimeInQueue": 1}))
-    time.sleep(2)
-    waiting = describe(client, impossible)
-    assert waiting["status"] == "idle"
-    assert waiting["statusReason"].startswith("No matching resources")
+    impossible = submit(client, job(image, {"cmd": "true"}, cpus=64))
+    queued = submit(client, job(image, {"cmd": "true"}, resources={"nodes": 2}, policies={"maximumTimeInQueue": 1}))
+    failed = wait_for(client, impossible, timeout=10)
+    assert failed["status"] == "failed" and failed["statusReason"].startswith("No matching resources")
+    waiting = describe(client, queued)
+    assert waiting["status"] == "idle" and waiting["statusReason"].startswith("No matching resources")
     done = wait_for(client, job_id, timeout=180)
     assert (done["status"], done["statusReason"]) == ("killed", "Walltime limit exceeded")
     assert 55 < done["events"]["endTime"] - done["events"]["startTime"] < 120
-    expired = wait_for(client, impossible, timeout=60)
+    expired = wait_for(client, queued, timeout=60)
     assert (expired["status"], expired["statusReason"]) == ("failed", "Maximum time queued was exceeded")
 
 

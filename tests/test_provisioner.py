@@ -108,3 +108,21 @@ def test_stopping_the_provisioner_destroys_its_local_nodes_and_requeues_their_jo
     [untouched] = api.request("GET", f"/jobs/{elsewhere}").json()
     assert untouched["statusReason"] == "Waiting for resources"
     driver.destroy_node(foreign)
+
+
+def test_rotated_credentials_are_used_at_once(provisioner, settings):
+    """A new key and secret take effect without recreating the cloud: the provisioner rebuilds a
+    cloud's driver when its record changes."""
+    from gateway.services.clouds import CloudService
+    from schema.credentials import CredentialBox
+
+    service = CloudService(provisioner._engine, CredentialBox.for_data_dir(settings.data_dir))
+    service.add({"name": "aws", "provider": "ec2", "driver_args": {"region": "us-east-1"},
+                 "flavours": [{"name": "t3.small", "cpus": 2, "memory_mb": 2048, "disk_gb": 8, "price": 0.02}]},
+                {"key": "AKIAFIRST", "secret": "first-secret"})
+    first = provisioner.cloud("aws")
+    assert (first._driver.key, first._driver.secret) == ("AKIAFIRST", "first-secret")
+    assert provisioner.cloud("aws") is first  # unchanged record: the same driver
+    service.set_credentials("aws", {"key": "AKIASECOND", "secret": "second-secret"})
+    second = provisioner.cloud("aws")
+    assert (second._driver.key, second._driver.secret) == ("AKIASECOND", "second-secret")
