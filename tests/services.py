@@ -139,6 +139,9 @@ def sshd_server(root: Path, timeout: float = 15, addresses: list[str] | None = N
         "UsePAM no\n"
         "StrictModes no\n"  # the files sit under /tmp (mode 1777)
         "Subsystem sftp internal-sftp\n"
+        # one sshd stands for many machines: a batch of nodes configured at once (one ansible
+        # fork each) must not meet sshd's default limit of 10 unauthenticated connections
+        "MaxStartups 200\n"
     )
     # The first daemon: 127.0.0.1 and up to 15 extra addresses; each further one: up to 16 more.
     groups = [extra[:15]] + [extra[i:i + 16] for i in range(15, len(extra), 16)]
