@@ -24,8 +24,8 @@ _TAG_KEYS = ("tags", "metadata", "labels")
 # Errors that no retry on this cloud will cure: the next cloud is tried at once (DESIGN.md 3.4).
 _QUOTA = re.compile(r"LimitExceeded|quota|no free host", re.I)
 # The flavour cannot be had there now: the next flavour is tried at once.
-_FLAVOUR = re.compile(r"InsufficientInstanceCapacity|InvalidInstanceType|Unsupported|flavou?r.{0,30}not (found|available)",
-                      re.I)
+_FLAVOUR = re.compile(
+    r"InsufficientInstanceCapacity|InvalidInstanceType|Unsupported|flavou?r.{0,30}not (found|available)", re.I)
 _IMAGE = re.compile(r"InvalidAMIID|image.{0,40}not.?found|ImageNotFound|no such image", re.I)
 
 

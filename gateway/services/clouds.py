@@ -166,7 +166,8 @@ class CloudService:
             exists = connection.execute(select(clouds.c.name).where(clouds.c.name == LOCAL)).first()
         if exists is None:
             self.add({"name": LOCAL, "provider": "local", "driver_args": {"base_dir": str(base_dir)},
-                      "connection": "local", "node_root": str(base_dir), "install_packages": False, "site": LOCAL, "region": LOCAL,
+                      "connection": "local", "node_root": str(base_dir), "install_packages": False,
+                      "site": LOCAL, "region": LOCAL,
                       **sized, **({"idle_timeout": idle_timeout} if idle_timeout else {})})
             return
         changes = {**(sized if cpus or memory_mb else {}), **({"idle_timeout": idle_timeout} if idle_timeout else {})}
