@@ -13,8 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from schema.errors import DomainError
 from schema.identity import TokenAuthority
-from gateway.errors import ApiError
+from gateway.errors import ApiError, status_of
 from gateway.openapi import openapi_document
 from gateway.rest import agent as rest_agent
 from gateway.rest import jobs as rest_jobs
@@ -51,6 +52,10 @@ async def openapi(request: Request) -> Response:
 
 async def api_error(request: Request, error: ApiError) -> Response:
     return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+
+async def domain_error(request: Request, error: DomainError) -> Response:
+    return JSONResponse({"error": error.message}, status_code=status_of(error))
 
 
 async def http_error(request: Request, error: HTTPException) -> Response:
@@ -90,7 +95,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.engine = engine
         app.state.tokens = tokens
         app.state.store = store
-        app.state.jobs = JobService(engine, inserter, store, settings.data_dir, jobs_changed)
+        app.state.jobs = JobService(engine, inserter, settings.data_dir, jobs_changed)
         app.state.agent = AgentService(engine, tokens, store, settings.data_dir, settings.public_url,
                                        jobs_changed, assigned)
         app.state.openapi = openapi_document()
@@ -116,7 +121,8 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[Mount("/v1", routes=v1), Mount("/agent/v1", routes=rest_agent.routes)],
         lifespan=lifespan,
-        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
+        exception_handlers={ApiError: api_error, DomainError: domain_error, HTTPException: http_error,
+                            Exception: server_error},
     )
 
 

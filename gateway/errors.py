@@ -1,4 +1,13 @@
 """Errors that reach users as `{"error": "..."}` with an HTTP status."""
+from schema import errors as domain
+
+# The services' domain errors (schema/errors.py) as /v1 answers them, unless a route says otherwise.
+_STATUS = {domain.InvalidInput: 400, domain.InvalidState: 400, domain.NotFound: 404, domain.Forbidden: 403,
+           domain.Conflict: 409}
+
+
+def status_of(error: domain.DomainError) -> int:
+    return next((status for kind, status in _STATUS.items() if isinstance(error, kind)), 500)
 
 
 class ApiError(Exception):

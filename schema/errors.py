@@ -1,5 +1,6 @@
-"""Domain errors of the service layer: each transport maps them (REST to the seed's status codes,
-the CLI to one line on stderr, GraphQL to error codes)."""
+"""Domain errors of the service layer. Each transport maps them in one place: REST to the seed's
+status codes (gateway/errors.py `status_of`, with the routes that the seed answers otherwise
+saying so), the CLI to one line on stderr, GraphQL to the `code` in an error's extensions."""
 
 
 class DomainError(Exception):
@@ -11,11 +12,29 @@ class DomainError(Exception):
 
 
 class InvalidInput(DomainError):
+    """The request itself is wrong (a field breaks a rule)."""
+
     code = "BAD_USER_INPUT"
+
+
+class InvalidState(DomainError):
+    """Not possible in the thing's current state (a finished job cannot be deleted...)."""
+
+    code = "INVALID_STATE"
 
 
 class NotFound(DomainError):
     code = "NOT_FOUND"
+
+
+class JobNotFound(NotFound):
+    """A job named by the caller does not exist (some seed routes answer this with a 400)."""
+
+
+class Forbidden(DomainError):
+    """It exists, and the caller may not touch it."""
+
+    code = "FORBIDDEN"
 
 
 class Conflict(DomainError):

@@ -1,11 +1,13 @@
 """What every /v1 route needs: the caller's identity, bounded bodies, typed query parameters."""
 import asyncio
 import re
+from contextlib import contextmanager
 
 from starlette.requests import Request
 
 from schema.identity import Identity, InvalidToken
 from gateway.errors import BadRequest, RequestTimeout, Unauthorized
+from schema.errors import JobNotFound
 from schema.jobspec import MAX_BODY_BYTES
 
 MAX_ID = 2**63 - 1  # ids, offsets and attempts fit a BIGINT
@@ -83,3 +85,12 @@ def path_id(request: Request, name: str = "job_id") -> int:
     if not 0 < value <= MAX_ID:
         raise BadRequest(f"{value} is not a valid id")
     return value
+
+
+@contextmanager
+def unknown_job_is_a_bad_request():
+    """Where the seed answers an unknown job with a 400 instead of a 404 (remove, stdout/stderr)."""
+    try:
+        yield
+    except JobNotFound as error:
+        raise BadRequest(error.message) from None

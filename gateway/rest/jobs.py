@@ -1,14 +1,57 @@
-"""/v1/jobs: the routes of the real PROMINENCE jobs API, translated to JobService calls."""
+"""/v1/jobs: the routes of the real PROMINENCE jobs API, translated to JobService calls; the jobs' REST
+shape (`job_view`) lives here, not in the service."""
+import json
+from collections.abc import Iterable
+from typing import Any
+
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
-from gateway.rest.common import flag, id_list, identity, integer, path_id, read_body
+from gateway.rest.common import flag, id_list, identity, integer, path_id, read_body, unknown_job_is_a_bad_request
 from gateway.services.jobs import JobQuery
+from gateway.storage import ObjectStore
 from schema.enums import JobStatus
-from schema.jobspec import JobSpec, describe_errors
+from schema.jobspec import JobSpec, describe_errors, redact_storage, redact_tasks
+
+_DETAIL_KEYS = ("resources", "policies", "notifications", "artifacts", "labels", "inputs")
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def encode_list(items: Iterable[Any]) -> bytes:
+    """A JSON list, encoded one item at a time. Encoding a whole big listing is one long C call
+    that holds the GIL; item by item, the event loop gets its turns in between."""
+    return b"[" + b",".join(_JSON.encode(item).encode() for item in items) + b"]"
+
+
+def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
+    """A job as `/v1` shows it: the list view, or with `detail` everything the reference lists."""
+    spec = row.spec
+    events = {"createTime": row.create_time}
+    if row.start_time is not None:
+        events["startTime"] = row.start_time
+    if row.end_time is not None:
+        events["endTime"] = row.end_time
+    view: dict[str, Any] = {"id": row.id, "name": row.name, "status": row.status,
+                            "tasks": redact_tasks(spec["tasks"]), "events": events}
+    if row.status_reason:
+        view["statusReason"] = row.status_reason
+    if not detail:
+        return view
+    view.update((key, spec[key]) for key in _DETAIL_KEYS if key in spec)
+    if "storage" in spec:
+        view["storage"] = redact_storage(spec["storage"])
+    outputs = row.execution.get("outputs", {})
+    for key in ("outputFiles", "outputDirs"):
+        if key in spec:
+            view[key] = [{"name": name, "url": store.signed_url(outputs[name]["key"]), "size": outputs[name]["size"]}
+                         if name in outputs else {"name": name, "url": ""} for name in spec[key]]
+    execution = {k: v for k, v in row.execution.items() if k != "outputs"}
+    execution.setdefault("runtimeVersion", {})
+    view["execution"] = execution
+    return view
 
 
 def _query(request: Request) -> JobQuery:
@@ -40,7 +83,10 @@ def _query(request: Request) -> JobQuery:
 
 async def list_jobs(request: Request) -> Response:
     who = await identity(request)
-    return Response(await request.app.state.jobs.list(who, _query(request)), media_type="application/json")
+    query, store = _query(request), request.app.state.store
+    body = await request.app.state.jobs.list(who, query, lambda rows: encode_list(
+        job_view(row, query.detail, store) for row in rows))
+    return Response(body, media_type="application/json")
 
 
 async def create_job(request: Request) -> Response:
@@ -54,7 +100,8 @@ async def create_job(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     who = await identity(request)
-    return JSONResponse([await request.app.state.jobs.get(who, path_id(request))])
+    return JSONResponse([job_view(await request.app.state.jobs.get(who, path_id(request)), True,
+                                  request.app.state.store)])
 
 
 async def delete_jobs(request: Request) -> Response:
@@ -76,15 +123,17 @@ async def clone_job(request: Request) -> Response:
 
 async def remove_job(request: Request) -> Response:
     who = await identity(request)
-    await request.app.state.jobs.remove(who, path_id(request))
+    with unknown_job_is_a_bad_request():
+        await request.app.state.jobs.remove(who, path_id(request))
     return JSONResponse({})
 
 
 async def job_output(request: Request) -> Response:
     who = await identity(request)
     stream = request.url.path.rsplit("/", 1)[1]
-    pieces = await request.app.state.jobs.read_output(
-        who, path_id(request), stream, node=integer(request, "node", 0, 0), offset=integer(request, "offset", 0, 0))
+    with unknown_job_is_a_bad_request():
+        pieces = await request.app.state.jobs.read_output(
+            who, path_id(request), stream, node=integer(request, "node", 0, 0), offset=integer(request, "offset", 0, 0))
     return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")
 
 

@@ -1,24 +1,22 @@
 """Jobs: submit, list, describe, clone, delete, remove, and read stdout/stderr."""
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from pydantic import ValidationError
 from sqlalchemy import Engine, select, update
 
 from schema.identity import Identity
-from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.services.batcher import JobInserter
-from gateway.storage import ObjectStore
 from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason
-from schema.jobspec import JobSpec, describe_errors, redact_storage, redact_tasks
+from schema.errors import Forbidden, InvalidState, JobNotFound, NotFound
+from schema.jobspec import JobSpec, describe_errors
 from schema.db import reading
 from schema.lifecycle import finished
 from schema.signals import Signal
@@ -27,18 +25,11 @@ from schema.tables import jobs
 # Columns a listing needs; `execution` only with detail.
 _LIST_COLUMNS = [jobs.c.id, jobs.c.name, jobs.c.status, jobs.c.status_reason, jobs.c.spec,
                  jobs.c.create_time, jobs.c.start_time, jobs.c.end_time]
-_DETAIL_KEYS = ("resources", "policies", "notifications", "artifacts", "labels", "inputs")
+T = TypeVar("T")
 # Listings run in worker threads, at most this many at once: however many clients ask for big
 # listings, the other requests keep threads and a share of the CPU.
 LISTING_THREADS = 2
 OUTPUT_CHUNK = 1 << 16  # stdout/stderr are sent from disk in pieces of this size
-_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def encode_list(items: Iterable[Any]) -> bytes:
-    """A JSON list, encoded one item at a time. Encoding a whole big listing is one long C call
-    that holds the GIL; item by item, the event loop gets its turns in between."""
-    return b"[" + b",".join(_JSON.encode(item).encode() for item in items) + b"]"
 
 
 @dataclass
@@ -61,38 +52,9 @@ def output_path(data_dir: Path, job_id: int, node: int, stream: str) -> Path:
     return data_dir / "jobs" / str(job_id) / str(node) / stream
 
 
-def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
-    """A job as `/v1` shows it: the list view, or with `detail` everything the reference lists."""
-    spec = row.spec
-    events = {"createTime": row.create_time}
-    if row.start_time is not None:
-        events["startTime"] = row.start_time
-    if row.end_time is not None:
-        events["endTime"] = row.end_time
-    view: dict[str, Any] = {"id": row.id, "name": row.name, "status": row.status,
-                            "tasks": redact_tasks(spec["tasks"]), "events": events}
-    if row.status_reason:
-        view["statusReason"] = row.status_reason
-    if not detail:
-        return view
-    view.update((key, spec[key]) for key in _DETAIL_KEYS if key in spec)
-    if "storage" in spec:
-        view["storage"] = redact_storage(spec["storage"])
-    outputs = row.execution.get("outputs", {})
-    for key in ("outputFiles", "outputDirs"):
-        if key in spec:
-            view[key] = [{"name": name, "url": store.signed_url(outputs[name]["key"]), "size": outputs[name]["size"]}
-                         if name in outputs else {"name": name, "url": ""} for name in spec[key]]
-    execution = {k: v for k, v in row.execution.items() if k != "outputs"}
-    execution.setdefault("runtimeVersion", {})
-    view["execution"] = execution
-    return view
-
-
 class JobService:
-    def __init__(self, engine: Engine, inserter: JobInserter, store: ObjectStore, data_dir: Path, changed: Signal):
+    def __init__(self, engine: Engine, inserter: JobInserter, data_dir: Path, changed: Signal):
         self._engine = engine
-        self._store = store
         self._inserter = inserter
         self._data_dir = data_dir
         self._changed = changed  # tells the scheduler that jobs were submitted or stopped
@@ -112,13 +74,13 @@ class JobService:
         self._changed.notify()
         return job_id
 
-    async def list(self, identity: Identity, query: JobQuery) -> bytes:
-        """The listing as JSON, queried and encoded in a worker thread (never on the event loop)."""
-        return await to_thread.run_sync(lambda: encode_list(self._list(identity, query)), limiter=self._listings)
+    async def list(self, identity: Identity, query: JobQuery, render: Callable[[Iterator[Any]], T]) -> T:
+        """`render(jobs)` of the caller's jobs that `query` selects, in id order, run in a worker
+        thread (never on the event loop) while the rows are read: a big listing never holds all
+        its rows at once. Each job is a row of the listing columns (`execution` with detail)."""
+        return await to_thread.run_sync(lambda: render(self._list(identity, query)), limiter=self._listings)
 
-    def _list(self, identity: Identity, query: JobQuery) -> Iterator[dict[str, Any]]:
-        """The jobs' views in id order, made one row at a time as the rows are read: a big listing
-        never holds all its rows and views at once (fewer objects for the garbage collector)."""
+    def _list(self, identity: Identity, query: JobQuery) -> Iterator[Any]:
         conditions = [jobs.c.owner == identity.username]
         if query.ids is not None:
             conditions.append((jobs.c.workflow_id if query.workflow else jobs.c.id).in_(query.ids))
@@ -143,13 +105,13 @@ class JobService:
         # instead of 0.5 for 100 jobs out of 145,000.
         listed = select(*columns).where(*conditions).cte("listed").prefix_with("MATERIALIZED")
         with reading(self._engine) as connection:  # held while the views are made: no write lock
-            for row in connection.execute(select(listed).order_by(listed.c.id)):
-                yield job_view(row, query.detail, self._store)
+            yield from connection.execute(select(listed).order_by(listed.c.id))
 
-    async def get(self, identity: Identity, job_id: int) -> dict[str, Any]:
+    async def get(self, identity: Identity, job_id: int) -> Any:
+        """The caller's job, with its execution record."""
         rows = await to_thread.run_sync(lambda: list(self._list(identity, JobQuery(ids=[job_id], detail=True))))
         if not rows:
-            raise NotFound(f"No such job: {job_id}")
+            raise JobNotFound(f"No such job: {job_id}")
         return rows[0]
 
     async def runs(self, job_id: int, attempt: int, owner: str) -> bool:
@@ -161,12 +123,11 @@ class JobService:
                     jobs.c.status == JobStatus.RUNNING)).first() is not None
         return await to_thread.run_sync(run)
 
-    def _owned(self, connection, identity: Identity, job_id: int, *columns, missing: type = BadRequest) -> Any:
-        """The job's row; `missing` (400 unless said otherwise) when it does not exist, 403 when it
-        is another user's."""
+    def _owned(self, connection, identity: Identity, job_id: int, *columns) -> Any:
+        """The job's row: JobNotFound when it does not exist, Forbidden when it is another user's."""
         row = connection.execute(select(jobs.c.owner, *columns).where(jobs.c.id == job_id)).first()
         if row is None:
-            raise missing("Job does not exist")
+            raise JobNotFound("Job does not exist")
         if row.owner != identity.username:
             raise Forbidden("Not authorized to access this job")
         return row
@@ -174,11 +135,11 @@ class JobService:
     async def clone(self, identity: Identity, job_id: int) -> int:
         def load() -> dict[str, Any]:
             with self._engine.connect() as connection:
-                return self._owned(connection, identity, job_id, jobs.c.spec, missing=NotFound).spec
+                return self._owned(connection, identity, job_id, jobs.c.spec).spec
         try:
             spec = JobSpec.model_validate(await to_thread.run_sync(load))
         except ValidationError as error:  # stored before a rule that it breaks existed
-            raise BadRequest(f"The job cannot be cloned: {describe_errors(error)}") from None
+            raise InvalidState(f"The job cannot be cloned: {describe_errors(error)}") from None
         return await self.submit(identity, spec)
 
     async def delete(self, identity: Identity, job_ids: list[int]) -> None:
@@ -194,10 +155,10 @@ class JobService:
                 .where(jobs.c.id.in_(job_ids), jobs.c.owner == identity.username)
             ).all()
             if len(found) != len(set(job_ids)):  # unknown, or another user's: not told apart
-                raise NotFound("No such job(s)")
+                raise JobNotFound("No such job(s)")
             done = sorted(row.id for row in found if row.status in TERMINAL)
             if done:
-                raise BadRequest(f"Job(s) already finished: {', '.join(map(str, done))}")
+                raise InvalidState(f"Job(s) already finished: {', '.join(map(str, done))}")
             for row in found:
                 connection.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.status.in_(ACTIVE)).values(
                     finished(row.spec, JobStatus.DELETED, StatusReason.DELETED_BY_USER, now)))
@@ -208,9 +169,9 @@ class JobService:
             with self._engine.begin() as connection:
                 row = self._owned(connection, identity, job_id, jobs.c.in_queue, jobs.c.status)
                 if not row.in_queue:
-                    raise BadRequest("Job is no longer in the queue")
+                    raise InvalidState("Job is no longer in the queue")
                 if row.status not in TERMINAL:
-                    raise BadRequest(f"Job {job_id} has not finished: delete it to stop it, then remove it")
+                    raise InvalidState(f"Job {job_id} has not finished: delete it to stop it, then remove it")
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(in_queue=False))
         await to_thread.run_sync(run)
 
@@ -224,7 +185,7 @@ class JobService:
             try:
                 handle = open(output_path(self._data_dir, job_id, node, stream), "rb")
             except FileNotFoundError:
-                raise NotFound(f"{stream} does not exist") from None
+                raise NotFound(f"{stream} does not exist") from None  # the job exists: a 404 in REST
             remaining = max(0, os.fstat(handle.fileno()).st_size - offset)  # past the end: nothing
             if remaining:
                 handle.seek(offset)
