@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from schema.errors import DomainError
 from schema.identity import TokenAuthority
+from gateway.auth import Authenticator
 from gateway.errors import ApiError, status_of
 from gateway.openapi import openapi_document
 from gateway.rest import agent as rest_agent
@@ -96,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.tokens = tokens
         app.state.store = store
         app.state.jobs = JobService(engine, inserter, settings.data_dir, jobs_changed)
+        app.state.auth = Authenticator(tokens, app.state.jobs)
         app.state.agent = AgentService(engine, tokens, store, settings.data_dir, settings.public_url,
                                        jobs_changed, assigned)
         app.state.openapi = openapi_document()

@@ -2,7 +2,7 @@
 from schema import errors as domain
 
 # The services' domain errors (schema/errors.py) as /v1 answers them, unless a route says otherwise.
-_STATUS = {domain.InvalidInput: 400, domain.InvalidState: 400, domain.NotFound: 404, domain.Forbidden: 403,
+_STATUS = {domain.Unauthenticated: 401, domain.InvalidInput: 400, domain.InvalidState: 400, domain.NotFound: 404, domain.Forbidden: 403,
            domain.Conflict: 409}
 
 

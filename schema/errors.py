@@ -11,6 +11,15 @@ class DomainError(Exception):
         self.message = message
 
 
+class Unauthenticated(DomainError):
+    """No valid token: missing, expired, of the wrong kind, or of a job attempt that is over."""
+
+    code = "UNAUTHENTICATED"
+
+    def __init__(self, message: str = "Authentication failure"):
+        super().__init__(message)
+
+
 class InvalidInput(DomainError):
     """The request itself is wrong (a field breaks a rule)."""
 

@@ -5,8 +5,8 @@ from contextlib import contextmanager
 
 from starlette.requests import Request
 
-from schema.identity import Identity, InvalidToken
-from gateway.errors import BadRequest, RequestTimeout, Unauthorized
+from schema.identity import Identity
+from gateway.errors import BadRequest, RequestTimeout
 from schema.errors import JobNotFound
 from schema.jobspec import MAX_BODY_BYTES
 
@@ -23,16 +23,8 @@ def ascii_int(raw: str) -> int | None:
 
 
 async def identity(request: Request) -> Identity:
-    """The user (or job, acting as its user) behind the request's bearer token."""
-    try:
-        who = request.app.state.tokens.verify(request.headers.get("authorization"))
-    except InvalidToken:
-        raise Unauthorized() from None
-    if who.node_id is not None:  # node tokens are for the agent protocol only
-        raise Unauthorized()
-    if who.job_id is not None and not await request.app.state.jobs.runs(who.job_id, who.attempt, who.username):
-        raise Unauthorized()  # a job token dies with its attempt: finished, deleted or requeued
-    return who
+    """The user (or job, acting as its user) behind the request's bearer token (gateway/auth.py)."""
+    return await request.app.state.auth.user(request.headers.get("authorization"))
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
