@@ -221,7 +221,7 @@ def match(demands: Sequence[Demand], free: Sequence[_Free], allowed: dict[tuple[
             continue
         best = None
         for node in free:
-            if node.fits(shape) and allowed[shape, node.cloud] and (
+            if node.fits(shape) and allowed.get((shape, node.cloud), False) and (
                     best is None or (node.cpus, node.memory_mb) < (best.cpus, best.memory_mb)):
                 best = node
         if best is None:

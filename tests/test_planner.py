@@ -513,3 +513,9 @@ def test_min_nodes_launches_a_static_pool_without_demand():
     assert plan(snapshot([], [], [CloudState("pool", pool.flavours, min_nodes=3, enabled=False)])).launches == []
     assert plan(snapshot([], [], [CloudState("pool", pool.flavours, min_nodes=3, failures=sick())])).launches == []
     assert len(plan(snapshot([], [], [CloudState("pool", pool.flavours, min_nodes=3, max_booting=2)])).launches) == 2
+
+
+def test_nodes_of_a_cloud_without_a_record_take_no_new_jobs():
+    """A node whose cloud is not in the snapshot (its record gone): no placement can be judged."""
+    result = plan(snapshot(jobs(1, 1, shape()), [node(10, "gone")], [cloud()]))
+    assert result.assignments == {}
