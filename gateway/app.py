@@ -10,13 +10,15 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
+from strawberry.asgi import GraphQL
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from schema.errors import DomainError
 from schema.identity import TokenAuthority
 from gateway.auth import Authenticator
 from gateway.errors import ApiError, status_of
+from gateway.graphql.schema import schema as graphql_schema
 from gateway.openapi import openapi_document
 from gateway.rest import agent as rest_agent
 from gateway.rest import jobs as rest_jobs
@@ -120,8 +122,10 @@ def create_app(settings: Settings) -> Starlette:
 
     v1 = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"]),
           *rest_jobs.routes, *rest_storage.routes]
+    graphql = GraphQL(graphql_schema, graphql_ide="graphiql")
     return Starlette(
-        routes=[Mount("/v1", routes=v1), Mount("/agent/v1", routes=rest_agent.routes)],
+        routes=[Mount("/v1", routes=v1), Mount("/agent/v1", routes=rest_agent.routes),
+                Route("/graphql", graphql, methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql)],
         lifespan=lifespan,
         exception_handlers={ApiError: api_error, DomainError: domain_error, HTTPException: http_error,
                             Exception: server_error},

@@ -10,6 +10,11 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def extensions(self) -> dict[str, str]:
+        """What a GraphQL error raised from this one carries (graphql-core copies it)."""
+        return {"code": self.code}
+
 
 class Unauthenticated(DomainError):
     """No valid token: missing, expired, of the wrong kind, or of a job attempt that is over."""

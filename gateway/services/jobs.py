@@ -98,7 +98,7 @@ class JobService:
             if query.num >= 0:
                 recent = recent.limit(query.num)
             conditions = [jobs.c.id.in_(recent.scalar_subquery())]  # the `num` most recently finished
-        columns = _LIST_COLUMNS + ([jobs.c.execution] if query.detail else [])
+        columns = _LIST_COLUMNS + ([jobs.c.execution, jobs.c.wait_reasons] if query.detail else [])
         # The jobs are found first (a MATERIALIZED CTE), then sorted: with a plain ORDER BY id,
         # PostgreSQL misjudges how few rows the filters keep (owner and in_queue are correlated)
         # and walks the primary key to skip the sort, reading every job in the table: 18 ms

@@ -1,0 +1,92 @@
+"""The GraphQL schema. Resolvers only translate: the services decide, and their domain errors
+(schema/errors.py) reach clients as errors with a `code` in their extensions. Any other error is
+masked ("Unexpected error."): its details stay in the server's log."""
+from __future__ import annotations
+
+import datetime
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaskErrors
+
+from schema.enums import JobStatus as JobStatusValue
+from gateway.rest.common import MAX_ID, ascii_int
+from schema.errors import DomainError, InvalidInput
+from schema.identity import Identity
+
+JobStatus = strawberry.enum(JobStatusValue, name="JobStatus", description="Where a job is in its life")
+
+
+@strawberry.type(description="The caller")
+class Viewer:
+    name: str
+    groups: list[str]
+    admin: bool
+
+
+@strawberry.type(description="Why a waiting job cannot start on a cloud now")
+class CloudReason:
+    cloud: str
+    reason: str
+
+
+def _time(epoch: int | None) -> datetime.datetime | None:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc) if epoch is not None else None
+
+
+@strawberry.type
+class Job:
+    id: strawberry.ID
+    name: str
+    status: JobStatus
+    status_reason: str | None = strawberry.field(description="Why it waits, failed or was killed")
+    wait_reasons: list[CloudReason] = strawberry.field(description="While it waits: why, per candidate cloud")
+    created_at: datetime.datetime
+    started_at: datetime.datetime | None
+    ended_at: datetime.datetime | None
+
+    @classmethod
+    def of(cls, row) -> Job:
+        return cls(id=strawberry.ID(str(row.id)), name=row.name, status=JobStatusValue(row.status), status_reason=row.status_reason or None,
+                   wait_reasons=[CloudReason(cloud=c, reason=r) for c, r in sorted((row.wait_reasons or {}).items())],
+                   created_at=_time(row.create_time), started_at=_time(row.start_time), ended_at=_time(row.end_time))
+
+
+def _job_id(value: str) -> int:
+    number = ascii_int(value)
+    if number is None or not 0 < number <= MAX_ID:
+        raise InvalidInput(f"id: {value!r} is not a job id")
+    return number
+
+
+async def _caller(info: strawberry.Info) -> Identity:
+    request = info.context["request"]
+    return await request.app.state.auth.user(request.headers.get("authorization"))
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The caller, as its token says")
+    async def viewer(self, info: strawberry.Info) -> Viewer:
+        who = await _caller(info)
+        return Viewer(name=who.username, groups=list(who.groups), admin=who.admin)
+
+    @strawberry.field(description="One of the caller's jobs")
+    async def job(self, info: strawberry.Info, id: strawberry.ID) -> Job:  # noqa: A002 - its public name
+        who = await _caller(info)
+        return Job.of(await info.context["request"].app.state.jobs.get(who, _job_id(id)))
+
+
+def _masked(error: GraphQLError) -> bool:
+    """Errors of the query itself (its syntax, fields, variables) and the services' domain errors
+    are the client's to see; anything else is not."""
+    return error.original_error is not None and not isinstance(error.original_error, (DomainError, GraphQLError))
+
+
+class _Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context=None) -> None:
+        """Only unexpected errors go to the log (with their traceback): the others are answers."""
+        super().process_errors([e for e in errors if _masked(e)], execution_context)
+
+
+schema = _Schema(query=Query, extensions=[lambda: MaskErrors(should_mask_error=_masked)])
