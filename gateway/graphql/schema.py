@@ -48,7 +48,8 @@ class Job:
     @classmethod
     def of(cls, row) -> Job:
         return cls(id=strawberry.ID(str(row.id)), name=row.name, status=JobStatusValue(row.status),
-                   status_reason=row.status_reason or None, wait_reasons=[CloudReason(cloud=c, reason=r) for c, r in sorted((row.wait_reasons or {}).items())],
+                   status_reason=row.status_reason or None,
+                   wait_reasons=[CloudReason(cloud=c, reason=r) for c, r in sorted((row.wait_reasons or {}).items())],
                    created_at=_time(row.create_time), started_at=_time(row.start_time), ended_at=_time(row.end_time))
 
 
