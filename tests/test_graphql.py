@@ -82,6 +82,44 @@ def test_errors_carry_a_code_and_the_rules_of_v1(server):
     assert error_code(server, "not-a-token", "{ viewer { name } }") == "UNAUTHENTICATED"
 
 
+PAGE = """query ($first: Int, $after: String, $last: Int, $before: String, $filter: JobsFilter) {
+    jobs(first: $first, after: $after, last: $last, before: $before, filter: $filter) {
+        totalCount pageInfo { hasNextPage hasPreviousPage startCursor endCursor } edges { cursor node { id } } } }"""
+
+
+def test_jobs_are_paged_both_ways_and_filtered(server):
+    carol, dave = server.token("carol"), server.token("dave")
+    submit(server, dave)  # never in carol's pages
+    ids = [str(submit(server, carol)) for _ in range(7)]
+    labelled = httpx.post(f"{server.url}/v1/jobs", json={**simple_job(), "labels": {"run": "x"}},
+                          headers={"Authorization": f"Bearer {carol}"}).json()["id"]
+    ids.append(str(labelled))
+    carol_client = client(server, carol)
+
+    def page(**variables):
+        return carol_client.execute(request(PAGE, **variables))["jobs"]
+
+    seen, after = [], None
+    while True:  # forward, 3 at a time
+        jobs = page(first=3, after=after)
+        assert jobs["totalCount"] == 8
+        seen += [edge["node"]["id"] for edge in jobs["edges"]]
+        if not jobs["pageInfo"]["hasNextPage"]:
+            break
+        after = jobs["pageInfo"]["endCursor"]
+    assert seen == ids
+    last_two = page(last=2)
+    assert [e["node"]["id"] for e in last_two["edges"]] == ids[-2:] and last_two["pageInfo"]["hasPreviousPage"]
+    before = page(last=3, before=last_two["pageInfo"]["startCursor"])
+    assert [e["node"]["id"] for e in before["edges"]] == ids[-5:-2]
+    only = page(filter={"labels": [{"key": "run", "value": "x"}], "status": ["IDLE"]})
+    assert only["totalCount"] == 1 and [e["node"]["id"] for e in only["edges"]] == [str(labelled)]
+    assert page(filter={"status": ["COMPLETED"]})["totalCount"] == 0
+
+    for variables, code in (({"first": 501}, "BAD_USER_INPUT"), ({"first": 1, "last": 1}, "BAD_USER_INPUT"),
+                            ({"after": "bm90LWEtY3Vyc29y"}, "BAD_USER_INPUT"), ({"after": "%%%"}, "BAD_USER_INPUT")):
+        assert error_code(server, carol, PAGE, **variables) == code
+
 def test_a_bad_query_is_an_error_not_a_crash(server):
     headers = {"Authorization": f"Bearer {server.token('alice')}"}
     for query, expected in (("{ job(id: 1) { nope } }", "nope"), ("{ job(id: 1) { id ", "Syntax Error"),

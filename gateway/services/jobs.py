@@ -10,12 +10,12 @@ from typing import Any, BinaryIO, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from pydantic import ValidationError
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from schema.identity import Identity
 from gateway.services.batcher import JobInserter
 from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason
-from schema.errors import Forbidden, InvalidState, JobNotFound, NotFound
+from schema.errors import Forbidden, InvalidInput, InvalidState, JobNotFound, NotFound
 from schema.jobspec import JobSpec, describe_errors
 from schema.db import reading
 from schema.lifecycle import finished
@@ -50,6 +50,28 @@ class JobQuery:
 def output_path(data_dir: Path, job_id: int, node: int, stream: str) -> Path:
     """Where a job's stdout or stderr (of its node `node`) is kept."""
     return data_dir / "jobs" / str(job_id) / str(node) / stream
+
+
+@dataclass
+class JobFilter:
+    """Which of the caller's jobs a paged listing shows (GraphQL's `jobs(filter: ...)`)."""
+
+    statuses: list[JobStatus] | None = None
+    name: str | None = None
+    labels: list[tuple[str, str]] = field(default_factory=list)
+    created_after: int | None = None
+    created_before: int | None = None
+
+
+@dataclass
+class JobPage:
+    rows: list[Any]  # in id order
+    total: int  # all jobs the filter selects
+    has_next: bool
+    has_previous: bool
+
+
+MAX_PAGE = 500
 
 
 class JobService:
@@ -113,6 +135,47 @@ class JobService:
         if not rows:
             raise JobNotFound(f"No such job: {job_id}")
         return rows[0]
+
+    async def page(self, identity: Identity, selected: JobFilter, first: int | None = None, after: int | None = None,
+                   last: int | None = None, before: int | None = None) -> JobPage:
+        """A page of the caller's jobs in id order (keyset pagination on the id): the `first` after
+        job `after`, or the `last` before job `before`; at most MAX_PAGE."""
+        if first is not None and last is not None:
+            raise InvalidInput("first and last cannot be used together")
+        for name, value in (("first", first), ("last", last)):
+            if value is not None and not 0 <= value <= MAX_PAGE:
+                raise InvalidInput(f"{name} must be from 0 to {MAX_PAGE}")
+        size = last if last is not None else (first if first is not None else MAX_PAGE)
+        conditions = [jobs.c.owner == identity.username]
+        if selected.statuses:
+            conditions.append(jobs.c.status.in_(selected.statuses))
+        if selected.name is not None:
+            conditions.append(jobs.c.name == selected.name)
+        if selected.created_after is not None:
+            conditions.append(jobs.c.create_time > selected.created_after)
+        if selected.created_before is not None:
+            conditions.append(jobs.c.create_time < selected.created_before)
+        conditions += [jobs.c.spec["labels"][key].as_string() == value for key, value in selected.labels]
+        window = list(conditions)
+        if after is not None:
+            window.append(jobs.c.id > after)
+        if before is not None:
+            window.append(jobs.c.id < before)
+        backwards = last is not None
+        order = jobs.c.id.desc() if backwards else jobs.c.id
+
+        def run() -> JobPage:
+            with reading(self._engine) as connection:
+                total = connection.execute(select(func.count()).select_from(jobs).where(*conditions)).scalar_one()
+                rows = connection.execute(select(*_LIST_COLUMNS, jobs.c.execution, jobs.c.wait_reasons)
+                                          .where(*window).order_by(order).limit(size + 1)).all()
+            more = len(rows) > size
+            rows = rows[:size]
+            if backwards:
+                rows.reverse()
+            return JobPage(rows, total, has_next=more if not backwards else before is not None,
+                           has_previous=more if backwards else after is not None)
+        return await to_thread.run_sync(run, limiter=self._listings)
 
     async def runs(self, job_id: int, attempt: int, owner: str) -> bool:
         """Whether the job of a job token still runs that attempt (a primary-key lookup)."""
