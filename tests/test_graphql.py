@@ -117,7 +117,10 @@ def test_jobs_are_paged_both_ways_and_filtered(server):
     assert page(filter={"status": ["COMPLETED"]})["totalCount"] == 0
 
     for variables, code in (({"first": 501}, "BAD_USER_INPUT"), ({"first": 1, "last": 1}, "BAD_USER_INPUT"),
-                            ({"after": "bm90LWEtY3Vyc29y"}, "BAD_USER_INPUT"), ({"after": "%%%"}, "BAD_USER_INPUT")):
+                            ({"after": "bm90LWEtY3Vyc29y"}, "BAD_USER_INPUT"), ({"after": "%%%"}, "BAD_USER_INPUT"),
+                            # compared in SQL, where PostgreSQL refuses NUL: a clear error, not a crash
+                            ({"filter": {"name": "a\x00"}}, "BAD_USER_INPUT"),
+                            ({"filter": {"labels": [{"key": "k\x00", "value": "v"}]}}, "BAD_USER_INPUT")):
         assert error_code(server, carol, PAGE, **variables) == code
 
 def test_a_bad_query_is_an_error_not_a_crash(server):

@@ -56,9 +56,6 @@ def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
 
 def _query(request: Request) -> JobQuery:
     params = request.query_params
-    for text in ("name", "constraint"):  # compared in SQL, where PostgreSQL refuses NUL characters
-        if any("\x00" in value for value in params.getlist(text)):
-            raise BadRequest(f"{text} must not contain NUL characters")
     query = JobQuery(completed=flag(request, "completed"), all=flag(request, "all"),
                      detail=flag(request, "detail"), workflow=flag(request, "workflow"),
                      name=params.get("name"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -74,6 +74,12 @@ class JobPage:
 MAX_PAGE = 500
 
 
+def _comparable(field: str, values: Iterable[str | None]) -> None:
+    """Filter values are compared in SQL, where PostgreSQL refuses NUL characters."""
+    if any(value is not None and "\x00" in value for value in values):
+        raise InvalidInput(f"{field} must not contain NUL characters")
+
+
 class JobService:
     def __init__(self, engine: Engine, inserter: JobInserter, data_dir: Path, changed: Signal):
         self._engine = engine
@@ -100,6 +106,8 @@ class JobService:
         """`render(jobs)` of the caller's jobs that `query` selects, in id order, run in a worker
         thread (never on the event loop) while the rows are read: a big listing never holds all
         its rows at once. Each job is a row of the listing columns (`execution` with detail)."""
+        _comparable("name", [query.name])
+        _comparable("constraint", [f"{key}={value}" for key, value in query.constraints])
         return await to_thread.run_sync(lambda: render(self._list(identity, query)), limiter=self._listings)
 
     def _list(self, identity: Identity, query: JobQuery) -> Iterator[Any]:
@@ -145,6 +153,8 @@ class JobService:
         for name, value in (("first", first), ("last", last)):
             if value is not None and not 0 <= value <= MAX_PAGE:
                 raise InvalidInput(f"{name} must be from 0 to {MAX_PAGE}")
+        _comparable("filter.name", [selected.name])
+        _comparable("filter.labels", [text for pair in selected.labels for text in pair])
         size = last if last is not None else (first if first is not None else MAX_PAGE)
         conditions = [jobs.c.owner == identity.username]
         if selected.statuses:
