@@ -11,13 +11,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
-from strawberry.asgi import GraphQL
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from schema.errors import DomainError
 from schema.identity import TokenAuthority
 from gateway.auth import Authenticator
 from gateway.errors import ApiError, status_of
+from gateway.graphql.context import GraphQLApp
 from gateway.graphql.schema import schema as graphql_schema
 from gateway.openapi import openapi_document
 from gateway.rest import agent as rest_agent
@@ -25,9 +25,11 @@ from gateway.rest import jobs as rest_jobs
 from gateway.rest import storage as rest_storage
 from gateway.services.agent import AgentService
 from gateway.services.batcher import JobInserter
+from gateway.services.clouds import CloudService
 from gateway.services.jobs import JobService
 from gateway.settings import Settings
 from gateway.storage import ObjectStore
+from schema.credentials import CredentialBox
 from schema.signals import Signal
 from schema.db import make_engine, reading, upgrade
 
@@ -70,12 +72,10 @@ async def server_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": "Internal server error"}, status_code=500)
 
 
-def build_provisioner(settings: Settings, engine, tokens: TokenAuthority, jobs_changed: Signal, assigned: Signal):
-    from gateway.services.clouds import CloudService
+def build_provisioner(settings: Settings, engine, tokens: TokenAuthority, box: CredentialBox, jobs_changed: Signal,
+                      assigned: Signal):
     from provisioner.service import Provisioner, ProvisionerConfig, service_id
-    from schema.credentials import CredentialBox
 
-    box = CredentialBox.for_data_dir(settings.data_dir)
     CloudService(engine, box).ensure_local(settings.data_dir / "nodes", settings.local_cpus,
                                            settings.local_memory_mb, settings.idle_timeout)
     config = ProvisionerConfig(gateway_url=settings.public_url, service_id=service_id(settings.data_dir),
@@ -95,11 +95,13 @@ def create_app(settings: Settings) -> Starlette:
         tokens = TokenAuthority(settings.secret)
         store = ObjectStore(settings.data_dir / "storage", settings.secret, settings.public_url)
         jobs_changed, assigned = Signal(), Signal()
+        box = CredentialBox.for_data_dir(settings.data_dir)
         app.state.engine = engine
         app.state.tokens = tokens
         app.state.store = store
         app.state.jobs = JobService(engine, inserter, settings.data_dir, jobs_changed)
         app.state.auth = Authenticator(tokens, app.state.jobs)
+        app.state.clouds = CloudService(engine, box)
         app.state.agent = AgentService(engine, tokens, store, settings.data_dir, settings.public_url,
                                        jobs_changed, assigned)
         app.state.openapi = openapi_document()
@@ -108,7 +110,7 @@ def create_app(settings: Settings) -> Starlette:
         # instead of 5 while listings keep other threads busy: a health check takes a dozen turns.
         sys.setswitchinterval(0.001)
         app.state.client_timeout = settings.client_timeout
-        provisioner = (build_provisioner(settings, engine, tokens, jobs_changed, assigned)
+        provisioner = (build_provisioner(settings, engine, tokens, box, jobs_changed, assigned)
                        if settings.run_provisioner else None)
         if provisioner:
             provisioner.start()
@@ -122,7 +124,7 @@ def create_app(settings: Settings) -> Starlette:
 
     v1 = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"]),
           *rest_jobs.routes, *rest_storage.routes]
-    graphql = GraphQL(graphql_schema, graphql_ide="graphiql")
+    graphql = GraphQLApp(graphql_schema, graphql_ide="graphiql")
     return Starlette(
         routes=[Mount("/v1", routes=v1), Mount("/agent/v1", routes=rest_agent.routes),
                 Route("/graphql", graphql, methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql)],

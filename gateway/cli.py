@@ -63,13 +63,15 @@ def _provisioner(args: argparse.Namespace) -> None:
     Without the gateway's in-process signals it looks at the database every second."""
     from gateway.app import build_provisioner
     from schema.db import make_engine, upgrade
+    from schema.credentials import CredentialBox
     from schema.signals import Signal
 
     _log_to_stderr()
     settings = _settings(args)
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    provisioner = build_provisioner(settings, engine, TokenAuthority(settings.secret), Signal(), Signal())
+    provisioner = build_provisioner(settings, engine, TokenAuthority(settings.secret),
+                                    CredentialBox.for_data_dir(settings.data_dir), Signal(), Signal())
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

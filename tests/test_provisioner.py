@@ -10,6 +10,7 @@ from sqlalchemy import insert, select
 from gateway.app import build_provisioner
 from gateway.settings import Settings
 from provisioner.service import SERVICE_STOPPED
+from schema.credentials import CredentialBox
 from schema.db import make_engine, upgrade
 from schema.identity import TokenAuthority
 from schema.signals import Signal
@@ -22,7 +23,8 @@ def provisioner(settings):
     """The provisioner of a server on the test's database, with its local driver (not started)."""
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    provisioner = build_provisioner(settings, engine, TokenAuthority(settings.secret), Signal(), Signal())
+    provisioner = build_provisioner(settings, engine, TokenAuthority(settings.secret),
+                                    CredentialBox.for_data_dir(settings.data_dir), Signal(), Signal())
     yield provisioner
     provisioner.stop()
     engine.dispose()
@@ -68,7 +70,8 @@ def test_no_new_work_for_a_node_that_missed_two_heartbeats(tmp_path, database_ur
     settings = Settings.load(data_dir=str(tmp_path / "data"), database_url=database_url, local_cpus=3,
                              local_memory_mb=3072)
     engine = make_engine(settings.database_url)
-    provisioner = build_provisioner(settings, engine, TokenAuthority(settings.secret), Signal(), Signal())
+    provisioner = build_provisioner(settings, engine, TokenAuthority(settings.secret),
+                                    CredentialBox.for_data_dir(settings.data_dir), Signal(), Signal())
     interval = provisioner._config.heartbeat_interval
     # The silent node fits the job best and comes first: only its silence keeps the job off it.
     silent = add_ready_node(engine, "silent", 1, time.time() - 3 * interval)
