@@ -10,6 +10,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -125,7 +127,12 @@ def create_app(settings: Settings) -> Starlette:
     v1 = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"]),
           *rest_jobs.routes, *rest_storage.routes]
     graphql = GraphQLApp(graphql_schema, graphql_ide="graphiql")
+    # Browsers' cross-origin calls (a frontend on another origin) only from the configured origins;
+    # tokens travel in the Authorization header, never in cookies, so no credentials mode.
+    cors = [Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",
+            "DELETE"], allow_headers=["Authorization", "Content-Type"], max_age=600)] if settings.cors_origins else []
     return Starlette(
+        middleware=cors,
         routes=[Mount("/v1", routes=v1), Mount("/agent/v1", routes=rest_agent.routes),
                 Route("/graphql", graphql, methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql)],
         lifespan=lifespan,

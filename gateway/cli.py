@@ -18,7 +18,8 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
                          agent_gateway_timeout=args.agent_gateway_timeout,
                          reconcile_interval=args.reconcile_interval,
                          client_timeout=getattr(args, "client_timeout", None),
-                         tls_cert=args.tls_cert, tls_key=args.tls_key, agent_ca=args.agent_ca, **extra)
+                         tls_cert=args.tls_cert, tls_key=args.tls_key, agent_ca=args.agent_ca,
+                         cors_origins=getattr(args, "cors_origin", None), **extra)
 
 
 def _log_to_stderr() -> None:
@@ -127,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-timeout", type=float,
                        help="seconds a client has to send a request's headers, and its body (per MiB); "
                             "slower clients are cut off (default 20)")
+    serve.add_argument("--cors-origin", action="append",
+                       help="a browser origin allowed to call the API and GraphQL (scheme://host[:port], or * "
+                            "for any); repeat it for several (or PROMINENCE_CORS_ORIGINS, comma-separated)")
     serve.add_argument("--no-provisioner", action="store_true",
                        help="do not create nodes or schedule jobs here (run `provisioner` apart)")
     serve.set_defaults(run=_serve)

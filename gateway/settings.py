@@ -39,6 +39,18 @@ def _check_tls(cert: str | None, key: str | None, agent_ca: str | None) -> None:
             raise SettingsError(f"--agent-ca {agent_ca}: not a readable PEM CA bundle ({error})") from None
 
 
+_ORIGIN = re.compile(r"https?://[^/\s?#@]+")
+
+
+def _check_origins(origins: list[str]) -> tuple[str, ...]:
+    """CORS origins as browsers send them: scheme://host[:port], nothing after; or `*` for any."""
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise SettingsError(f"--cors-origin {origin}: not an origin (scheme://host[:port], e.g. "
+                                "https://app.example.org, or *)")
+    return tuple(origin.rstrip("/") for origin in origins)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -55,6 +67,7 @@ class Settings:
     tls_cert: str | None = None  # PEM certificate chain: with tls_key, the service serves HTTPS
     tls_key: str | None = None  # PEM private key of tls_cert
     agent_ca: str | None = None  # PEM CA bundle agents trust (default tls_cert when TLS is on; None: system CAs)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API, e.g. https://app.example.org
 
     @classmethod
     def load(cls, data_dir: str | None = None, database_url: str | None = None, public_url: str | None = None,
@@ -67,6 +80,8 @@ class Settings:
         if options["tls_cert"] and options["tls_key"] and not options["agent_ca"]:
             options["agent_ca"] = options["tls_cert"]
         _check_tls(options["tls_cert"], options["tls_key"], options["agent_ca"])
+        origins = options.get("cors_origins") or os.environ.get("PROMINENCE_CORS_ORIGINS", "").split(",")
+        options["cors_origins"] = _check_origins([origin.strip() for origin in origins if origin.strip()])
         scheme = "https" if options["tls_cert"] else "http"
         public = public_url or os.environ.get("PROMINENCE_PUBLIC_URL") or f"{scheme}://{host}:{port}"
         for name in ("idle_timeout", "heartbeat_timeout", "local_cpus", "local_memory_mb", "agent_gateway_timeout",

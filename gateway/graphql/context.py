@@ -7,16 +7,40 @@ from typing import Any
 
 import strawberry
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.dataloader import DataLoader
 
+from gateway.errors import ApiError
+from gateway.rest.common import read_body
 from schema.errors import Forbidden
+from schema.jobspec import MAX_BODY_BYTES
 from schema.identity import Identity
+
+# A request carries a query and its variables: createJob's input may be as big as a /v1 job.
+MAX_REQUEST_BYTES = 2 * MAX_BODY_BYTES
 
 
 class GraphQLApp(GraphQL):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """HTTP requests' bodies are read as /v1 reads them (a size limit, a deadline) before
+        strawberry parses them, which would otherwise take any size at any pace."""
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        try:
+            body = await read_body(Request(scope, receive), MAX_REQUEST_BYTES)
+        except ApiError as error:
+            code = "REQUEST_TOO_SLOW" if error.status == 408 else "BAD_REQUEST"
+            answer = JSONResponse({"errors": [{"message": error.message, "extensions": {"code": code}}]},
+                                  status_code=error.status, headers=error.headers)
+            return await answer(scope, receive, send)
+
+        async def replay() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await super().__call__(scope, replay, send)
+
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> dict[str, Any]:
         # Each request (or subscription) gets its own loaders: nothing cached outlives it.
         return {"request": request, "response": response, "loaders": {}}

@@ -11,6 +11,7 @@ from strawberry.tools import merge_types
 
 from gateway.graphql.context import caller
 from gateway.graphql.jobs import JobQueries
+from gateway.graphql.limits import limits
 from schema.errors import DomainError
 
 
@@ -44,4 +45,4 @@ class _Schema(strawberry.Schema):
         super().process_errors([e for e in errors if _masked(e)], execution_context)
 
 
-schema = _Schema(query=Query, extensions=[lambda: MaskErrors(should_mask_error=_masked)])
+schema = _Schema(query=Query, extensions=[*limits(), lambda: MaskErrors(should_mask_error=_masked)])
