@@ -17,7 +17,6 @@ import asyncio
 import http.client
 import json
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 from sqlalchemy import insert, select  # noqa: E402
 
-from bench.submit import (JOB_BODY, Connection, _ms, _percentile, build_request, database,  # noqa: E402
-                          machine, machine_busy, process_cpu)
+from bench.submit import (JOB_BODY, Connection, _ms, _percentile, build_request, each_backend,  # noqa: E402
+                          machine_busy, process_cpu)
 from gateway.services.batcher import allocate_ids  # noqa: E402
 from schema.db import make_engine  # noqa: E402
 from schema.tables import jobs  # noqa: E402
@@ -184,22 +183,8 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between health probes (0.05)")
     args = parser.parse_args()
 
-    failed = False
-    for backend in ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]:
-        with tempfile.TemporaryDirectory(prefix=f"bench-listing-{backend}-") as tmp:
-            root = Path(tmp)
-            try:
-                with database(backend, root, "bench_listing") as url:
-                    result = run_backend(backend, url, root, args)
-            except Exception as error:  # report and go on with the other backend
-                result = {"benchmark": "listing", "backend": backend, "error": f"{type(error).__name__}: {error}"}
-                for log in root.glob("server-*.log"):
-                    print(log.read_text()[-3000:], file=sys.stderr)
-        result["work_done"] = work_done(result, args) if "error" not in result else False
-        result["machine"] = machine()
-        print(json.dumps(result), flush=True)
-        failed = failed or not result["work_done"]
-    return 1 if failed else 0
+    return each_backend("listing", args.backend, lambda backend, url, root: run_backend(backend, url, root, args),
+                        lambda result: work_done(result, args))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -339,6 +339,30 @@ def database(backend: str, root: Path, name: str) -> Iterator[str]:
         return
     with postgres_server() as base:
         yield create_database(base, name)
+
+
+def each_backend(benchmark: str, choice: str, run: Callable[[str, str, Path], dict],
+                 work_done: Callable[[dict], bool]) -> int:
+    """`run(backend, database_url, root)` on SQLite and/or PostgreSQL (`choice`: sqlite,
+    postgresql or both), each result printed as one JSON line with the machine; a backend that
+    fails is reported and the next one still runs. The exit status: 1 when any backend failed or
+    did not do the work it timed."""
+    failed = False
+    for backend in ["sqlite", "postgresql"] if choice == "both" else [choice]:
+        with tempfile.TemporaryDirectory(prefix=f"bench-{benchmark}-{backend}-") as tmp:
+            root = Path(tmp)
+            try:
+                with database(backend, root, f"bench_{benchmark}") as url:
+                    result = run(backend, url, root)
+            except Exception as error:  # report and go on with the other backend
+                result = {"benchmark": benchmark, "backend": backend, "error": f"{type(error).__name__}: {error}"}
+                for log in root.glob("server-*.log"):
+                    print(log.read_text()[-3000:], file=sys.stderr)
+        result["work_done"] = "error" not in result and work_done(result)
+        result["machine"] = machine()
+        print(json.dumps(result), flush=True)
+        failed = failed or not result["work_done"]
+    return 1 if failed else 0
 
 
 def main() -> int:
