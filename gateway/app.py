@@ -1,6 +1,7 @@
 """The Starlette app factory: wires settings, the database, the services and the routes; and the
 HTTP protocol uvicorn serves it with."""
 import contextlib
+import gc
 import logging
 import sys
 
@@ -29,6 +30,7 @@ from gateway.services.agent import AgentService
 from gateway.services.batcher import JobInserter
 from gateway.services.clouds import CloudService
 from gateway.services.jobs import JobService
+from gateway.services.watch import Watch
 from gateway.settings import Settings
 from gateway.storage import ObjectStore
 from schema.credentials import CredentialBox
@@ -106,6 +108,9 @@ def create_app(settings: Settings) -> Starlette:
         app.state.clouds = CloudService(engine, box)
         app.state.agent = AgentService(engine, tokens, store, settings.data_dir, settings.public_url,
                                        jobs_changed, assigned)
+        # GraphQL subscriptions' changes: the signals only wake it early (the provisioner may run apart).
+        app.state.watch = Watch(engine, app.state.jobs, app.state.clouds, settings.data_dir, (jobs_changed, assigned))
+        app.state.watch.start()
         app.state.openapi = openapi_document()
         app.state.health_threads = CapacityLimiter(1)
         # Threads that wait on I/O (the event loop, database calls) get the GIL back within 1 ms
@@ -116,9 +121,14 @@ def create_app(settings: Settings) -> Starlette:
                        if settings.run_provisioner else None)
         if provisioner:
             provisioner.start()
+        # What startup made (modules, the schema, the database engine) lives as long as the
+        # process: the garbage collector no longer scans it, so the collections that big answers
+        # trigger (a page of 500 jobs makes tens of thousands of objects) cost a fraction.
+        gc.freeze()
         try:
             yield
         finally:
+            await app.state.watch.stop()
             if provisioner:
                 provisioner.stop()
             inserter.close()
@@ -126,7 +136,9 @@ def create_app(settings: Settings) -> Starlette:
 
     v1 = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"]),
           *rest_jobs.routes, *rest_storage.routes]
-    graphql = GraphQLApp(graphql_schema, graphql_ide="graphiql")
+    # Subscriptions' websockets from other origins: only the origins CORS allows (strawberry refuses
+    # a cross-origin handshake otherwise).
+    graphql = GraphQLApp(graphql_schema, graphql_ide="graphiql", allowed_origins=settings.cors_origins)
     # Browsers' cross-origin calls (a frontend on another origin) only from the configured origins;
     # tokens travel in the Authorization header, never in cookies, so no credentials mode.
     cors = [Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",

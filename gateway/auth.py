@@ -15,12 +15,16 @@ class Authenticator:
         """The user (or job, acting as its user) behind an `Authorization: Bearer` header. Node
         tokens are for the agent protocol only; a job token dies with its attempt (finished,
         deleted or requeued)."""
+        return (await self.user_until(authorization))[0]
+
+    async def user_until(self, authorization: str | None) -> tuple[Identity, int]:
+        """user(), and when its token expires (epoch seconds)."""
         try:
-            who = self._tokens.verify(authorization)
+            who, expiry = self._tokens.verify_until(authorization)
         except InvalidToken:
             raise Unauthenticated() from None
         if who.node_id is not None:
             raise Unauthenticated()
         if who.job_id is not None and not await self._jobs.runs(who.job_id, who.attempt, who.username):
             raise Unauthenticated()
-        return who
+        return who, expiry

@@ -7,7 +7,7 @@ import threading
 
 from gateway.cloud_cli import add_commands as add_cloud_commands
 from schema.errors import DomainError
-from schema.identity import TokenAuthority
+from schema.identity import TokenAuthority, check_token_claims
 from gateway.settings import Settings, SettingsError
 
 
@@ -83,6 +83,7 @@ def _provisioner(args: argparse.Namespace) -> None:
 
 
 def _token_create(args: argparse.Namespace) -> None:
+    check_token_claims(args.user, args.group, args.email, args.days)
     settings = Settings.load(args.data_dir)
     token = TokenAuthority(settings.secret).issue(
         args.user, groups=tuple(args.group), email=args.email, admin=args.admin, days=args.days)
@@ -151,8 +152,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if getattr(args, "days", 1) <= 0:
-        sys.exit("prominence-server: --days must be positive")
     try:
         args.run(args)
     except DomainError as error:

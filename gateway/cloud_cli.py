@@ -1,5 +1,6 @@
-"""`prominence-server cloud ...` and `node list`: admins manage clouds on the server's own
-database (like `token create`, no token needed: access to the data dir is the permission).
+"""`prominence-server cloud ...` and `node list|drain|delete`: admins manage clouds and nodes on
+the server's own database (like `token create`, no token needed: access to the data dir is the
+permission).
 
 Credentials are read from a file or stdin, never from the command line (other users see argv),
 and no command prints them.
@@ -129,6 +130,17 @@ def _nodes(args):
               f"{v.price:>8.4f} {_clock(v.last_heartbeat):<21}")
 
 
+def _drain(args):
+    node = _service(args).drain_node(args.id)
+    print(f"node {node.id} ({node.name}) is draining: it takes no new jobs and is deleted once its jobs are done")
+
+
+def _delete(args):
+    node = _service(args).delete_node(args.id)
+    print(f"node {node.id} ({node.name}) is deleted: its jobs went back to the queue, and the provisioner "
+          "destroys its VM")
+
+
 def _common(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
     command.add_argument("--data-dir", help="the server's data dir (default ./data, or PROMINENCE_DATA_DIR)")
     command.add_argument("--database-url", help="the server's database (default SQLite in the data dir)")
@@ -174,3 +186,8 @@ def add_commands(commands) -> None:
     listing.add_argument("--all", action="store_true", help="also nodes that are gone")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_nodes)
+    for name, run, text in (("drain", _drain, "let a node finish its jobs, take no new ones, then go"),
+                            ("delete", _delete, "take a node out of the pool now (its jobs are requeued)")):
+        command = _common(node.add_parser(name, help=text))
+        command.add_argument("id", type=int)
+        command.set_defaults(run=run)

@@ -136,12 +136,12 @@ class Launcher:
         log.info("node %s configured in %.1f s", name, result.duration)
         while not self._stopping.is_set():
             with self._engine.connect() as connection:
-                state = connection.execute(select(nodes.c.state).where(nodes.c.id == node_id)).scalar()
-            if state == NodeState.READY:
+                node = connection.execute(select(nodes.c.state, nodes.c.ready_at).where(nodes.c.id == node_id)).one()
+            if node.ready_at is not None:  # its agent registered: booted, whatever an admin did since (drain, delete)
                 log.info("node %s on %s is ready", name, cloud.name)
                 return
-            if state != NodeState.CONFIGURING:
-                raise LaunchError("configured", f"the node became {state} while it booted")
+            if node.state != NodeState.CONFIGURING:
+                raise LaunchError("configured", f"the node became {node.state} while it booted")
             if time.monotonic() >= deadline:
                 raise LaunchError("configured", f"its agent did not register within {record.configure_timeout:.0f} s")
             time.sleep(0.2)

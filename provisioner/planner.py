@@ -24,6 +24,7 @@ from schema.enums import NODE_BOOTING, NodeState, StatusReason
 HEALTH_HALF_LIFE = 400.0
 PENALTY_WINDOW = 800.0
 PENALTY_FAILURES = 2
+DRAINED = "drained by an admin"  # why a draining node was deleted
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class Launch:
 @dataclass(frozen=True)
 class Deletion:
     node_id: int
-    final_state: NodeState  # DELETED (idle), LOST, FAILED
+    final_state: NodeState  # DELETED (idle, drained), LOST, FAILED
     reason: str
 
 
@@ -290,7 +291,8 @@ def plan(snapshot: Snapshot) -> Plan:
     clouds = {c.name: c for c in snapshot.clouds}
     enabled = [c for c in snapshot.clouds if c.enabled]
 
-    # Nodes lost (no heartbeat) or stuck booting.
+    # Nodes lost (no heartbeat) or stuck booting; drained nodes once their jobs are done (an admin
+    # drained them: they get no new jobs, as only ready nodes do).
     for node in snapshot.nodes:
         cloud = clouds.get(node.cloud)
         if node.state in (NodeState.READY, NodeState.DRAINING) and \
@@ -299,6 +301,8 @@ def plan(snapshot: Snapshot) -> Plan:
         elif node.state in NODE_BOOTING and now - node.created_at >= (cloud.boot_timeout if cloud else 0):
             result.deletions.append(Deletion(node.node_id, NodeState.FAILED,
                                              "Infrastructure took too long to be deployed"))
+        elif node.state == NodeState.DRAINING and not node.busy:
+            result.deletions.append(Deletion(node.node_id, NodeState.DELETED, DRAINED))
     gone = {d.node_id for d in result.deletions}
     live_per_cloud: dict[str, int] = {}
     for node in snapshot.nodes:

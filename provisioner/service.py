@@ -10,6 +10,11 @@ its `max_booting` nodes at once. Every background action logs its outcome.
 A node's row is written before its VM is created, and its VM is tagged with the service id and
 the node id: the reconcile step (at start and every `reconcile_interval` seconds) destroys tagged
 VMs the database does not know as live, and loses nodes whose VM vanished. No VM is leaked.
+
+Nodes leave the pool here (the planner's deletions) or elsewhere: an admin's `node delete` (the
+gateway, maybe in another process) only marks its node `deleting` in the database. Each tick
+starts destroying the VM of every `deleting` node whose destruction is not under way here, so
+an admin's deletion takes effect within a tick, not at the next reconcile.
 """
 from __future__ import annotations
 
@@ -29,9 +34,9 @@ from provisioner import planner
 from provisioner.clouds import NODE_TAG, Cloud, CloudRecord, Instance, redact
 from provisioner.launcher import Launcher
 from schema.credentials import CredentialBox
-from schema.enums import NODE_BOOTING, NODE_GONE, NODE_LIVE, JobStatus, NodeState, StatusReason
+from schema.enums import NODE_BOOTING, NODE_LIVE, JobStatus, NodeState, StatusReason
 from schema.identity import TokenAuthority
-from schema.lifecycle import finished, release_node_jobs
+from schema.lifecycle import finished, leave_pool, release_node_jobs
 from schema.signals import Signal
 from schema.tables import clouds, jobs, nodes
 
@@ -74,6 +79,9 @@ class Provisioner:
         self._clouds: dict[str, tuple[float, Cloud | None]] = {}  # name -> (record's updated_at, driver)
         self._clouds_lock = threading.Lock()
         self._reasons: dict[int, planner.WaitReason] = {}  # what each waiting job was last told
+        # Nodes whose VM a worker destroys (or gave up on: the reconcile retries those).
+        self._destroying: set[int] = set()
+        self._destroying_lock = threading.Lock()
         self._workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="node-lifecycle")
         self._stopping = threading.Event()
         self._launcher = Launcher(engine, config, tokens, self.cloud, self._delete, self._record_failure,
@@ -161,6 +169,7 @@ class Provisioner:
         self._expire_queued(now)
         plan = planner.plan(self._snapshot(now))
         self._apply(plan, now)
+        self._destroy_deleted_elsewhere()
 
     def _snapshot(self, now: float) -> planner.Snapshot:
         with self._engine.connect() as connection:
@@ -272,22 +281,37 @@ class Provisioner:
     def _delete(self, node_id: int, final_state: NodeState, reason: str) -> None:
         """Take the node out of the pool now; its VM is destroyed in the background. Its jobs go
         back to the queue, or fail once their retries are spent (schema/lifecycle.py)."""
-        now = time.time()
+        state = NodeState.DELETING if final_state == NodeState.DELETED else final_state
         with self._engine.begin() as connection:
-            row = connection.execute(select(nodes).where(nodes.c.id == node_id)).first()
-            if row is None or row.state in NODE_GONE:
-                return
-            state = NodeState.DELETING if final_state == NodeState.DELETED else final_state
-            connection.execute(update(nodes).where(nodes.c.id == node_id).values(
-                state=state, state_reason=reason, ended_at=now))
-            running = release_node_jobs(connection, [node_id], reason, int(now))
+            left = leave_pool(connection, node_id, state, reason, time.time())
+        if left is None:
+            return
+        node, running = left
         if running:
             log.warning("node %d %s (%s): jobs %s requeued or failed", node_id, final_state, reason, running)
-        try:
-            self._workers.submit(self._destroy, row.cloud, node_id, row.name, row.provider_id, final_state)
-        except RuntimeError:  # a node failing while the service stops: the next reconcile destroys its VM
-            log.info("node %d is destroyed by the next reconcile", node_id)
+        self._start_destroy(node, final_state)
         self._jobs_changed.notify()
+
+    def _destroy_deleted_elsewhere(self) -> None:
+        """Nodes deleted by an admin (or left `deleting` by an earlier run) have no worker
+        destroying their VM yet: start one."""
+        with self._engine.connect() as connection:
+            deleting = connection.execute(select(nodes.c.id, nodes.c.cloud, nodes.c.name, nodes.c.provider_id)
+                                          .where(nodes.c.state == NodeState.DELETING)).all()
+        for node in deleting:
+            self._start_destroy(node, NodeState.DELETED)
+
+    def _start_destroy(self, node: Any, final_state: NodeState) -> None:
+        """Destroy the VM of `node` (a row with id, cloud, name, provider_id) in a worker, unless
+        one already does."""
+        with self._destroying_lock:
+            if node.id in self._destroying:
+                return
+            self._destroying.add(node.id)
+        try:
+            self._workers.submit(self._destroy, node.cloud, node.id, node.name, node.provider_id, final_state)
+        except RuntimeError:  # a node failing while the service stops: the next reconcile destroys its VM
+            log.info("node %d is destroyed by the next reconcile", node.id)
 
     def _destroy(self, cloud_name: str, node_id: int, name: str, provider_id: str | None,
                  final_state: NodeState) -> None:
@@ -303,6 +327,8 @@ class Provisioner:
                 if final_state == NodeState.DELETED:
                     with self._engine.begin() as connection:
                         connection.execute(update(nodes).where(nodes.c.id == node_id).values(state=NodeState.DELETED))
+                with self._destroying_lock:  # after the update: a `deleting` node is never destroyed twice
+                    self._destroying.discard(node_id)
                 self._jobs_changed.notify()
                 return
             except Exception as error:  # noqa: BLE001 - logged; retried

@@ -6,11 +6,15 @@ that job runs that attempt: the gateway checks the job's row on every use) and n
 to a node's agent, valid only for that node). The gateway verifies them; the
 provisioner issues node tokens when it creates a node.
 """
+import math
+import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 import jwt
+
+from schema.errors import InvalidInput
 
 
 ALGORITHM = "HS256"
@@ -29,6 +33,25 @@ class Identity:
     job_id: int | None = None  # set for a job token
     attempt: int | None = None  # a job token's attempt: the token dies with it
     node_id: int | None = None  # set for a node token (username is then "node-<id>")
+
+
+MAX_TOKEN_DAYS = 3650
+# Names end up in SQL comparisons and storage paths (uploads/<user>/...): no NUL, blank or slash.
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,200}@[^@\s\x00-\x1f\x7f]{1,200}")
+
+
+def check_token_claims(username: str, groups: list[str], email: str | None, days: float) -> None:
+    """What a user token may say (`token create`, GraphQL's createToken); InvalidInput naming the
+    field otherwise."""
+    for field, name in (("username", username), *((f"groups[{i}]", group) for i, group in enumerate(groups))):
+        if not _TOKEN_NAME.fullmatch(name):
+            raise InvalidInput(f"{field}: must be 1 to 128 letters, digits and . _ @ + -, starting with a letter "
+                               "or digit")
+    if email is not None and not _EMAIL.fullmatch(email):
+        raise InvalidInput("email: must be an e-mail address")
+    if not (math.isfinite(days) and 0 < days <= MAX_TOKEN_DAYS):
+        raise InvalidInput(f"days: must be more than 0 and at most {MAX_TOKEN_DAYS}")
 
 
 class TokenAuthority:
@@ -75,10 +98,15 @@ class TokenAuthority:
 
     def verify(self, authorization: str | None) -> Identity:
         """The identity behind an `Authorization: Bearer <jwt>` header; InvalidToken otherwise."""
+        return self.verify_until(authorization)[0]
+
+    def verify_until(self, authorization: str | None) -> tuple[Identity, int]:
+        """verify(), and when the token expires (epoch seconds): a long-lived connection (a GraphQL
+        subscription) ends then."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidToken()
         identity, expiry = self._verified(token.strip())
         if expiry <= time.time():
             raise InvalidToken()
-        return identity
+        return identity, expiry

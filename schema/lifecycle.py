@@ -1,11 +1,12 @@
-"""Rules for ending a job's attempt, shared by the agent protocol and the provisioner."""
-from collections.abc import Sequence
+"""Rules for ending a job's attempt and for a node leaving the pool, shared by the agent
+protocol, the provisioner and the admins' node commands."""
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Row, select, update
 
-from schema.enums import JobStatus, StatusReason
-from schema.tables import jobs
+from schema.enums import NODE_LIVE, JobStatus, NodeState, StatusReason
+from schema.tables import jobs, nodes
 
 DEFAULT_INFRASTRUCTURE_RETRIES = 2  # DESIGN.md 3.3: infrastructure failures are retried by default
 
@@ -48,3 +49,20 @@ def release_node_jobs(connection: Connection, node_ids: Sequence[int], reason: s
         connection.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.attempt == job.attempt).values(
             infrastructure_failure(job.spec, job.retries, reason, now)))
     return [job.id for job in running]
+
+
+def leave_pool(connection: Connection, node_id: int, state: NodeState, reason: str, now: float,
+               leaving: Collection[NodeState] = NODE_LIVE, jobs_reason: str | None = None,
+               counts_as_retry: bool = True) -> tuple[Row, list[int]] | None:
+    """A node leaves the pool (deleted, drained, lost or failed; by the provisioner or by an
+    admin): if it is in one of the `leaving` states, it becomes `state` with `ended_at` (its
+    spend stops there) and its jobs are released (release_node_jobs, with `jobs_reason` or
+    `reason`). Destroying its VM is the caller's business. Returns the node's row (cloud, name,
+    provider_id) and the ids of the jobs it was running; None when it was in no such state."""
+    node = connection.execute(
+        update(nodes).where(nodes.c.id == node_id, nodes.c.state.in_(leaving))
+        .values(state=state, state_reason=reason, ended_at=now)
+        .returning(nodes.c.id, nodes.c.cloud, nodes.c.name, nodes.c.provider_id)).first()
+    if node is None:
+        return None
+    return node, release_node_jobs(connection, [node_id], jobs_reason or reason, int(now), counts_as_retry)

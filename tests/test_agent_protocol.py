@@ -116,6 +116,14 @@ def test_jobs_of_a_restarted_agent_are_requeued(api):
                  json={"status": "completed"}).json() == {"accepted": False}
 
 
+def test_a_draining_node_stays_draining_when_its_agent_restarts(api):
+    """An admin drained it: a new agent must not make it take new jobs again."""
+    node_id, headers = add_node(api, state="draining")
+    assert agent(api, "POST", "/register", headers, json={}).status_code == 200
+    with api.client.app.state.engine.connect() as connection:
+        assert connection.execute(select(nodes.c.state).where(nodes.c.id == node_id)).scalar_one() == "draining"
+
+
 def test_claims_are_exactly_once_under_concurrency(api):
     node_id, headers = add_node(api, state="ready")
     ids = [api.submit() for _ in range(60)]

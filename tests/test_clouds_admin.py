@@ -200,7 +200,7 @@ def test_remove_is_refused_while_the_cloud_has_live_nodes(admin):
     node_id = admin.add_node("aws", "configuring")
     code, out, err = admin("cloud", "remove", "aws")
     assert code != 0 and out == ""
-    assert err == "prominence-server: Cloud aws still has 1 live node: disable it, and remove it once they are gone\n"
+    assert err == "prominence-server: Cloud aws still has 1 node not yet destroyed: disable it, and remove it once they are gone\n"
     assert [r["name"] for r in admin.rows()] == ["aws"]
     # Once its nodes are gone it can go.
     with admin.engine.begin() as connection:
@@ -504,7 +504,7 @@ def test_service_adds_updates_and_removes(service):
     view = clouds_.get("aws")
     assert (view.instances, view.booting, view.cpus, view.memory_mb) == (2, 1, 6, 12288)
     assert clouds_.nodes("aws")[0].id == node_id
-    with pytest.raises(Conflict, match="still has 2 live nodes"):
+    with pytest.raises(Conflict, match="still has 2 nodes not yet destroyed"):
         clouds_.remove("aws")
     with engine.begin() as connection:
         connection.execute(update(nodes).values(state="lost", ended_at=time.time()))

@@ -41,6 +41,19 @@ def test_a_query_that_may_resolve_too_many_fields_is_refused_before_it_runs(serv
         "waitReasons { cloud reason } } } } }"))["jobs"]["totalCount"] == 0
 
 
+def test_a_query_too_deep_is_refused(server):
+    token = server.token("alice")
+    nested = "id"
+    for _ in range(6):  # a job's node's jobs' node's jobs...: 2 levels each
+        nested = f"id node {{ id jobs {{ {nested} }} }}"
+    deep = f"{{ jobs {{ edges {{ node {{ {nested} }} }} }} }}"
+    answer = httpx.post(f"{server.url}/graphql", json={"query": deep}, headers={"Authorization": f"Bearer {token}"})
+    assert "exceeds maximum operation depth of 12" in answer.json()["errors"][0]["message"]
+    assert "data" not in answer.json() or answer.json()["data"] is None  # refused before anything ran
+    shallow = "{ jobs { edges { node { id node { id jobs { id node { id } } } } } } }"
+    assert client(server, token).execute(request(shallow))["jobs"]["edges"] == []
+
+
 def test_a_query_too_long_is_refused_while_it_is_parsed(server):
     headers = {"Authorization": f"Bearer {server.token('alice')}"}
     response = httpx.post(f"{server.url}/graphql", json={"query": "{" + " viewer { name }" * 5000 + "}"},

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from provisioner.planner import (
+    DRAINED,
     PENALTY_WINDOW,
     CloudState,
     Deletion,
@@ -467,6 +468,16 @@ def test_idle_nodes_are_deleted_after_their_own_clouds_idle_timeout():
              node(12, "short", idle_since=NOW - 50), node(13, "short", busy=True, idle_since=None)]
     result = plan(snapshot([], nodes, clouds))
     assert result.deletions == [Deletion(10, NodeState.DELETED, "idle")]
+
+
+def test_a_drained_node_takes_no_new_jobs_and_is_deleted_once_its_jobs_are_done():
+    busy = node(10, state=NodeState.DRAINING, cpus=3, busy=True, last_heartbeat=NOW - 1)
+    done = node(11, state=NodeState.DRAINING, last_heartbeat=NOW - 1)
+    result = plan(snapshot(jobs(1, 1, shape()), [busy, done], [cloud()]))
+    # The job fits both, yet a VM is created for it: a draining node gets no new jobs.
+    assert result.assignments == {} and launched(result) == [("c", "small", (1,))]
+    assert result.deletions == [Deletion(11, NodeState.DELETED, DRAINED)]
+    assert result.idle_marks == {}  # nor is it idle: it goes as soon as it has nothing to do
 
 
 

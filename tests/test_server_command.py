@@ -34,8 +34,14 @@ def test_token_create_prints_a_jwt_with_the_requested_claims(tmp_path):
 
 def test_token_create_rejects_bad_arguments(tmp_path):
     assert run_cli("token", "create", "--data-dir", str(tmp_path)).returncode == 2  # --user is required
-    out = run_cli("token", "create", "--user", "u", "--days", "0", "--data-dir", str(tmp_path))
-    assert out.returncode != 0 and "--days must be positive" in out.stderr
+    # The same rules as GraphQL's createToken: the field named, one line, nothing printed.
+    for args, message in ((["--user", "u", "--days", "0"], "days: must be more than 0"),
+                          (["--user", "a b"], "username: must be 1 to 128 letters"),
+                          (["--user", "u", "--group", ""], "groups[0]: must be"),
+                          (["--user", "u", "--email", "nope"], "email: must be an e-mail address")):
+        out = run_cli("token", "create", *args, "--data-dir", str(tmp_path))
+        assert out.returncode != 0 and message in out.stderr and not out.stdout, (args, out.stderr)
+        assert "Traceback" not in out.stderr
 
 
 def test_database_url_comes_from_the_environment(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.dataloader import DataLoader
+from strawberry.permission import BasePermission
 
 from gateway.errors import ApiError
 from gateway.rest.common import read_body
@@ -60,9 +61,18 @@ def loader(info: strawberry.Info, name: str,
     return loaders[name]
 
 
+def authorization(info: strawberry.Info) -> str | None:
+    """The caller's `Authorization` value: a subscription's from its connection_init payload
+    (`{"Authorization": "Bearer ..."}`: browsers cannot set a websocket's headers), else the
+    request's (or websocket's) header."""
+    for key, value in (info.context.get("connection_params") or {}).items():
+        if key.lower() == "authorization" and isinstance(value, str):
+            return value
+    return info.context["request"].headers.get("authorization")
+
+
 async def caller(info: strawberry.Info) -> Identity:
-    request = info.context["request"]
-    return await request.app.state.auth.user(request.headers.get("authorization"))
+    return await services(info).auth.user(authorization(info))
 
 
 async def admin(info: strawberry.Info) -> Identity:
@@ -71,3 +81,14 @@ async def admin(info: strawberry.Info) -> Identity:
     if not who.admin:
         raise Forbidden("Only admins may do this")
     return who
+
+
+class AdminOnly(BasePermission):
+    """On a field only admins may read or call (DESIGN.md 3.7): anyone else gets a FORBIDDEN
+    error for it (and null there, on a nullable field), as `admin()` answers."""
+
+    message = "Only admins may do this"
+    error_extensions = {"code": Forbidden.code}
+
+    async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        return (await caller(info)).admin

@@ -9,10 +9,14 @@ from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 from strawberry.tools import merge_types
 
+from gateway.graphql.admin import AdminMutations, AdminQueries
 from gateway.graphql.context import caller
-from gateway.graphql.jobs import JobQueries
+from gateway.graphql.execution import FastExecutionContext
+from gateway.graphql.jobs import JobCounts, JobMutations, JobQueries
 from gateway.graphql.limits import limits
+from gateway.graphql.subscriptions import Subscription
 from schema.errors import DomainError
+from schema.identity import Identity
 
 
 @strawberry.type(description="The caller")
@@ -20,6 +24,11 @@ class Viewer:
     name: str
     groups: list[str]
     admin: bool
+    identity: strawberry.Private[Identity]
+
+    @strawberry.field(description="The caller's jobs counted by status (one field per status, and the total)")
+    async def job_counts(self, info: strawberry.Info) -> JobCounts:
+        return await JobCounts.of(info, self.identity)
 
 
 @strawberry.type
@@ -27,10 +36,11 @@ class ViewerQueries:
     @strawberry.field(description="The caller, as its token says")
     async def viewer(self, info: strawberry.Info) -> Viewer:
         who = await caller(info)
-        return Viewer(name=who.username, groups=list(who.groups), admin=who.admin)
+        return Viewer(name=who.username, groups=list(who.groups), admin=who.admin, identity=who)
 
 
-Query = merge_types("Query", (ViewerQueries, JobQueries))
+Query = merge_types("Query", (ViewerQueries, JobQueries, AdminQueries))
+Mutation = merge_types("Mutation", (JobMutations, AdminMutations))
 
 
 def _masked(error: GraphQLError) -> bool:
@@ -45,4 +55,5 @@ class _Schema(strawberry.Schema):
         super().process_errors([e for e in errors if _masked(e)], execution_context)
 
 
-schema = _Schema(query=Query, extensions=[*limits(), lambda: MaskErrors(should_mask_error=_masked)])
+schema = _Schema(query=Query, mutation=Mutation, extensions=[*limits(), lambda: MaskErrors(should_mask_error=_masked)],
+                 subscription=Subscription, execution_context_class=FastExecutionContext)

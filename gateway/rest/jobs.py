@@ -4,17 +4,16 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
 from gateway.rest.common import flag, id_list, identity, integer, path_id, read_body, unknown_job_is_a_bad_request
-from gateway.services.jobs import JobQuery
+from gateway.services.jobs import JobQuery, job_outputs, parse_spec
 from gateway.storage import ObjectStore
 from schema.enums import JobStatus
-from schema.jobspec import JobSpec, describe_errors, redact_storage, redact_tasks
+from schema.jobspec import redact_storage, redact_tasks
 
 _DETAIL_KEYS = ("resources", "policies", "notifications", "artifacts", "labels", "inputs")
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -43,11 +42,11 @@ def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
     view.update((key, spec[key]) for key in _DETAIL_KEYS if key in spec)
     if "storage" in spec:
         view["storage"] = redact_storage(spec["storage"])
-    outputs = row.execution.get("outputs", {})
-    for key in ("outputFiles", "outputDirs"):
+    outputs = job_outputs(spec, row.execution, store)
+    for key, is_dir in (("outputFiles", False), ("outputDirs", True)):
         if key in spec:
-            view[key] = [{"name": name, "url": store.signed_url(outputs[name]["key"]), "size": outputs[name]["size"]}
-                         if name in outputs else {"name": name, "url": ""} for name in spec[key]]
+            view[key] = [{"name": o.name, "url": o.url, "size": o.size} if o.url else {"name": o.name, "url": ""}
+                         for o in outputs if o.is_dir == is_dir]
     execution = {k: v for k, v in row.execution.items() if k != "outputs"}
     execution.setdefault("runtimeVersion", {})
     view["execution"] = execution
@@ -88,10 +87,7 @@ async def list_jobs(request: Request) -> Response:
 
 async def create_job(request: Request) -> Response:
     who = await identity(request)
-    try:
-        spec = JobSpec.model_validate_json(await read_body(request))
-    except ValidationError as error:
-        raise BadRequest(describe_errors(error)) from None
+    spec = parse_spec(await read_body(request))  # a bad field: InvalidInput, a 400 naming it
     return JSONResponse({"id": await request.app.state.jobs.submit(who, spec)}, status_code=201)
 
 

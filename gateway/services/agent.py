@@ -74,8 +74,10 @@ class AgentService:
             now = time.time()
             with self._engine.begin() as connection:
                 node = self._node(connection, node_id)
+                # A draining node stays draining when its agent restarts.
+                state = NodeState.DRAINING if node.state == NodeState.DRAINING else NodeState.READY
                 connection.execute(update(nodes).where(nodes.c.id == node_id).values(
-                    state=NodeState.READY, ready_at=node.ready_at or now, last_heartbeat=now,
+                    state=state, ready_at=node.ready_at or now, last_heartbeat=now,
                     idle_since=node.idle_since or now, info={**node.info, **info}))
                 release_node_jobs(connection, [node_id], "the node's agent restarted", int(now), assigned_too=False)
             return {"node": node_id}

@@ -1,6 +1,10 @@
-"""Clouds as admins manage them: one service layer for `prominence-server cloud ...` and (next)
-GraphQL's admin mutations. Credentials go in and are never shown back: views say only whether a
-cloud has them."""
+"""Clouds and their nodes as admins manage them: one service layer for `prominence-server cloud
+...` / `node ...` and GraphQL's admin queries and mutations. Credentials go in and are never shown
+back: views say only whether a cloud has them.
+
+Node actions go through the database, as the provisioner may run in another process: draining
+marks a node (the planner deletes it once its jobs are done), deleting takes it out of the pool at
+once (the provisioner destroys its VM within a tick)."""
 from __future__ import annotations
 
 import shutil
@@ -9,18 +13,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-from sqlalchemy import Engine, case, delete, func, insert, select, update
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import Engine, Row, case, delete, func, insert, select, update
 
-from provisioner.planner import health, penalty_until
-from schema.cloudspec import UPDATABLE, CloudSpec
+from provisioner.planner import DRAINED, health, penalty_until
+from schema.cloudspec import UPDATABLE, CloudSpec, Name
+from schema.db import reading
 from schema.credentials import CredentialBox, check_credentials
-from schema.enums import NODE_BOOTING, NODE_LIVE
-from schema.errors import Conflict, InvalidInput, NotFound
+from schema.enums import NODE_BOOTING, NODE_LIVE, JobStatus, NodeState
+from schema.errors import Conflict, InvalidInput, InvalidState, NotFound
 from schema.jobspec import describe_errors
-from schema.tables import clouds, nodes
+from schema.lifecycle import leave_pool
+from schema.tables import clouds, jobs, nodes
 
 LOCAL = "local"
+DELETED_BY_ADMIN = "deleted by an admin"
+# Not a retry: the job did not fail, an admin took its node away.
+REQUEUED_BY_ADMIN = "Requeued: an admin deleted its node"
+# Admins drain and delete nodes in the pool; booting ones are the launcher's until they are ready
+# (it moves them on whatever their row says) and fail by their cloud's boot timeouts.
+IN_POOL = (NodeState.READY, NodeState.DRAINING)
+MAX_NODE_ID = (1 << 63) - 1
+_cloud_name = TypeAdapter(Name)
 
 
 @dataclass(frozen=True)
@@ -56,9 +70,26 @@ class NodeView:
     price: float
     created_at: float
     last_heartbeat: float | None
+    ended_at: float | None = None  # when it left the pool
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _may_exist(name: Any) -> bool:
+    """Whether a cloud can have this name: others are not looked up (PostgreSQL refuses a NUL in a
+    query, say)."""
+    try:
+        _cloud_name.validate_python(name)
+    except ValidationError:
+        return False
+    return True
+
+
+def _known_name(name: Any) -> str:
+    if not _may_exist(name):
+        raise NotFound(f"No such cloud: {name}")
+    return name
 
 
 def _validate(data: dict[str, Any]) -> CloudSpec:
@@ -87,6 +118,8 @@ class CloudService:
         return self.get(spec.name)
 
     def update(self, name: str, changes: dict[str, Any]) -> CloudView:
+        if not isinstance(changes, dict):
+            raise InvalidInput("Invalid cloud: the changes must be a mapping of fields to values")
         unknown = sorted(set(changes) - UPDATABLE)
         if unknown:
             raise InvalidInput(f'Invalid cloud: "{unknown[0]}" is not a field that can be changed')
@@ -110,11 +143,12 @@ class CloudService:
     def remove(self, name: str) -> None:
         with self._engine.begin() as connection:
             self._spec(connection, name)
+            # Nodes being deleted count too: without the cloud, nothing could destroy their VMs.
             live = connection.execute(select(func.count()).select_from(nodes).where(
-                nodes.c.cloud == name, nodes.c.state.in_(NODE_LIVE))).scalar_one()
+                nodes.c.cloud == name, nodes.c.state.in_((*NODE_LIVE, NodeState.DELETING)))).scalar_one()
             if live:
-                raise Conflict(f"Cloud {name} still has {live} live node{'s' if live != 1 else ''}: disable it, "
-                               "and remove it once they are gone")
+                raise Conflict(f"Cloud {name} still has {live} node{'s' if live != 1 else ''} not yet destroyed: "
+                               "disable it, and remove it once they are gone")
             connection.execute(delete(clouds).where(clouds.c.name == name))
 
     def apply(self, documents: list[dict[str, Any]]) -> list[str]:
@@ -177,7 +211,7 @@ class CloudService:
     # -- views ----------------------------------------------------------------------------------
 
     def get(self, name: str) -> CloudView:
-        views = self._views(name)
+        views = self._views([_known_name(name)])
         if not views:
             raise NotFound(f"No such cloud: {name}")
         return views[0]
@@ -185,9 +219,15 @@ class CloudService:
     def list(self) -> list[CloudView]:
         return self._views(None)
 
+    def by_name(self, names: list[str]) -> dict[str, CloudView]:
+        """The clouds with these names (those that exist), in one pass over the database."""
+        return {view.spec.name: view for view in self._views(names)}
+
     def nodes(self, cloud: str | None = None, include_gone: bool = False) -> list[NodeView]:
         query = select(nodes).order_by(nodes.c.id)
         if cloud is not None:
+            if not _may_exist(cloud):
+                return []
             query = query.where(nodes.c.cloud == cloud)
         if not include_gone:
             query = query.where(nodes.c.state.in_(NODE_LIVE))
@@ -197,13 +237,63 @@ class CloudService:
         """The nodes with these ids, gone ones too, in one SQL statement."""
         return {view.id: view for view in self._node_views(select(nodes).where(nodes.c.id.in_(ids)))}
 
+    def jobs_on_nodes(self, node_ids: list[int], owner: str | None = None) -> dict[int, list[Row]]:
+        """Each node's jobs (rows of the jobs table): those it was given and has not finished, in
+        id order; only `owner`'s when given. One SQL statement."""
+        query = select(jobs).where(jobs.c.node_id.in_(node_ids), jobs.c.status.in_((JobStatus.IDLE, JobStatus.RUNNING)))
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        found: dict[int, list[Row]] = {node_id: [] for node_id in node_ids}
+        with reading(self._engine) as connection:
+            for row in connection.execute(query.order_by(jobs.c.id)):
+                found[row.node_id].append(row)
+        return found
+
     def _node_views(self, query) -> list[NodeView]:
-        with self._engine.connect() as connection:
+        with reading(self._engine) as connection:
             return [NodeView(r.id, r.name, r.cloud, r.flavour, r.state, r.state_reason, r.address, r.cpus,
-                             r.memory_mb, r.disk_gb, r.price, r.created_at, r.last_heartbeat)
+                             r.memory_mb, r.disk_gb, r.price, r.created_at, r.last_heartbeat, r.ended_at)
                     for r in connection.execute(query)]
 
-    def _views(self, name: str | None) -> list[CloudView]:
+    def _node(self, node_id: int) -> NodeView:
+        found = self.nodes_by_id([node_id]) if 0 < node_id <= MAX_NODE_ID else {}
+        if node_id not in found:
+            raise NotFound(f"No such node: {node_id}")
+        return found[node_id]
+
+    # -- node actions -----------------------------------------------------------------------------
+
+    def drain_node(self, node_id: int) -> NodeView:
+        """The node takes no new jobs (only ready nodes do); the provisioner deletes it once the
+        jobs it has are done (planner.DRAINED). Draining a draining node changes nothing."""
+        self._node(node_id)
+        with self._engine.begin() as connection:
+            drained = connection.execute(update(nodes).where(nodes.c.id == node_id, nodes.c.state.in_(IN_POOL))
+                                         .values(state=NodeState.DRAINING, state_reason=DRAINED))
+            if drained.rowcount == 0:
+                self._refuse(connection, node_id, "drained")
+        return self._node(node_id)
+
+    def delete_node(self, node_id: int) -> NodeView:
+        """At once, in one transaction: the node leaves the pool (deleting, its spend stops) and
+        its jobs go back to the queue without counting a retry. The provisioner destroys its VM
+        at its next tick (provisioner/service.py)."""
+        self._node(node_id)
+        with self._engine.begin() as connection:
+            if leave_pool(connection, node_id, NodeState.DELETING, DELETED_BY_ADMIN, time.time(), leaving=IN_POOL,
+                          jobs_reason=REQUEUED_BY_ADMIN, counts_as_retry=False) is None:
+                self._refuse(connection, node_id, "deleted")
+        return self._node(node_id)
+
+    @staticmethod
+    def _refuse(connection, node_id: int, action: str) -> None:
+        """Why the node, not in the pool (any more, or yet), cannot be `action`."""
+        state = connection.execute(select(nodes.c.state).where(nodes.c.id == node_id)).scalar_one()
+        if state in NODE_BOOTING:
+            raise InvalidState(f"Node {node_id} is still booting ({state}): it can be {action} once it is ready")
+        raise InvalidState(f"Node {node_id} is {state}: it has left the pool already")
+
+    def _views(self, names: list[str] | None) -> list[CloudView]:
         now = time.time()
         live = nodes.c.state.in_(NODE_LIVE)
         usage = (select(nodes.c.cloud, func.sum(case((live, 1), else_=0)).label("instances"),
@@ -214,9 +304,11 @@ class CloudService:
                                  ).label("spend_s"))
                  .group_by(nodes.c.cloud))
         query = select(clouds).order_by(clouds.c.name)
-        if name is not None:
-            query = query.where(clouds.c.name == name)
-        with self._engine.connect() as connection:
+        if names is not None:
+            names = [name for name in names if _may_exist(name)]
+            query = query.where(clouds.c.name.in_(names))
+            usage = usage.where(nodes.c.cloud.in_(names))
+        with reading(self._engine) as connection:
             rows = connection.execute(query).all()
             used = {r.cloud: r for r in connection.execute(usage)}
         views = []
@@ -230,7 +322,7 @@ class CloudService:
         return views
 
     def _spec(self, connection, name: str) -> CloudSpec:
-        row = connection.execute(select(clouds).where(clouds.c.name == name)).first()
+        row = connection.execute(select(clouds).where(clouds.c.name == _known_name(name))).first()
         if row is None:
             raise NotFound(f"No such cloud: {name}")
         return CloudSpec.model_validate({k: getattr(row, k) for k in CloudSpec.model_fields})

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, func, select, update
 
 from schema.identity import Identity
 from gateway.services.batcher import JobInserter
+from gateway.storage import ObjectStore
 from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason
 from schema.errors import Forbidden, InvalidInput, InvalidState, JobNotFound, NotFound
 from schema.jobspec import JobSpec, describe_errors
@@ -22,9 +23,10 @@ from schema.lifecycle import finished
 from schema.signals import Signal
 from schema.tables import jobs
 
-# Columns a listing needs; `execution` only with detail.
+# Columns a listing needs; the others only with detail.
 _LIST_COLUMNS = [jobs.c.id, jobs.c.name, jobs.c.status, jobs.c.status_reason, jobs.c.spec,
                  jobs.c.create_time, jobs.c.start_time, jobs.c.end_time]
+_DETAIL_COLUMNS = [jobs.c.execution, jobs.c.wait_reasons, jobs.c.node_id]
 T = TypeVar("T")
 # Listings run in worker threads, at most this many at once: however many clients ask for big
 # listings, the other requests keep threads and a share of the CPU.
@@ -50,6 +52,32 @@ class JobQuery:
 def output_path(data_dir: Path, job_id: int, node: int, stream: str) -> Path:
     """Where a job's stdout or stderr (of its node `node`) is kept."""
     return data_dir / "jobs" / str(job_id) / str(node) / stream
+
+
+def parse_spec(document: str | bytes) -> JobSpec:
+    """A job description as `POST /v1/jobs` and GraphQL's createJob take it (JSON text)."""
+    try:
+        return JobSpec.model_validate_json(document)
+    except ValidationError as error:
+        raise InvalidInput(describe_errors(error)) from None
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """One of a job's declared outputFiles or outputDirs (a dir is stored as one .tgz)."""
+
+    name: str
+    is_dir: bool
+    size: int | None  # bytes; None until the job's node has stored it
+    url: str | None  # a signed download URL (no token needed), once stored
+
+
+def job_outputs(spec: dict[str, Any], execution: dict[str, Any], store: ObjectStore) -> list[JobOutput]:
+    """The job's outputFiles, then its outputDirs, each with its download URL once stored."""
+    stored = execution.get("outputs", {})
+    return [JobOutput(name, is_dir, stored[name]["size"], store.signed_url(stored[name]["key"]))
+            if name in stored else JobOutput(name, is_dir, None, None)
+            for key, is_dir in (("outputFiles", False), ("outputDirs", True)) for name in spec.get(key, ())]
 
 
 @dataclass
@@ -128,7 +156,7 @@ class JobService:
             if query.num >= 0:
                 recent = recent.limit(query.num)
             conditions = [jobs.c.id.in_(recent.scalar_subquery())]  # the `num` most recently finished
-        columns = _LIST_COLUMNS + ([jobs.c.execution, jobs.c.wait_reasons] if query.detail else [])
+        columns = _LIST_COLUMNS + (_DETAIL_COLUMNS if query.detail else [])
         # The jobs are found first (a MATERIALIZED CTE), then sorted: with a plain ORDER BY id,
         # PostgreSQL misjudges how few rows the filters keep (owner and in_queue are correlated)
         # and walks the primary key to skip the sort, reading every job in the table: 18 ms
@@ -177,7 +205,7 @@ class JobService:
         def run() -> JobPage:
             with reading(self._engine) as connection:
                 total = connection.execute(select(func.count()).select_from(jobs).where(*conditions)).scalar_one()
-                rows = connection.execute(select(*_LIST_COLUMNS, jobs.c.execution, jobs.c.wait_reasons)
+                rows = connection.execute(select(*_LIST_COLUMNS, *_DETAIL_COLUMNS)
                                           .where(*window).order_by(order).limit(size + 1)).all()
             more = len(rows) > size
             rows = rows[:size]
@@ -185,6 +213,15 @@ class JobService:
                 rows.reverse()
             return JobPage(rows, total, has_next=more if not backwards else before is not None,
                            has_previous=more if backwards else after is not None)
+        return await to_thread.run_sync(run, limiter=self._listings)
+
+    async def counts(self, identity: Identity) -> dict[JobStatus, int]:
+        """How many jobs the caller has in each status (none: 0), in one GROUP BY."""
+        def run() -> dict[JobStatus, int]:
+            with reading(self._engine) as connection:
+                found = dict(connection.execute(select(jobs.c.status, func.count()).where(
+                    jobs.c.owner == identity.username).group_by(jobs.c.status)).all())
+            return {status: found.get(status, 0) for status in JobStatus}
         return await to_thread.run_sync(run, limiter=self._listings)
 
     async def runs(self, job_id: int, attempt: int, owner: str) -> bool:
