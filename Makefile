@@ -68,6 +68,7 @@ bench: $(STAMP) $(MOTO_STAMP) system-packages
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/burst.py
+	$(BIN)/python bench/graphql.py
 
 clean:
 	rm -rf $(VENV) $(MOTO_VENV) $(DATA)
