@@ -18,6 +18,7 @@ from schema.tables import jobs
 from tests.conftest import simple_job
 from tests.live import LiveServer
 from tests.test_agent_protocol import insert_node
+from tests.test_clouds_admin import cloud_doc
 from tests.test_graphql import client, error_code, request, submit
 
 
@@ -270,12 +271,13 @@ def test_the_viewer_counts_its_jobs_by_status(server):
 PAGE = """query ($first: Int) { jobs(first: $first) { totalCount edges { node {
     id status tasks { image env { key value } imagePullCredential { token } } resources { cpus memory }
     labels { key value } events { createTime } execution { site tasks { exitCode } }
-    outputs { name size url } node { id name state cpus } } } } }"""
+    outputs { name size url } node { id name state cpus cloud { name site region } } } } } }"""
 
 
 def test_a_page_of_jobs_costs_the_same_few_statements_whatever_its_size(api):
-    """On SQLite and PostgreSQL: the page and its count, and one batched statement for all the
-    page's nodes (a DataLoader); tasks, outputs and execution come with the page's rows."""
+    """On SQLite and PostgreSQL: the page and its count, one batched statement for all the page's
+    nodes and two for their clouds (DataLoaders); tasks, outputs and execution come with the
+    page's rows."""
     app = api.client.app
     owner = Identity("alice")
     spec = JobSpec.model_validate(simple_job(outputFiles=["out.txt"], labels={"n": "1"}))
@@ -292,6 +294,7 @@ def test_a_page_of_jobs_costs_the_same_few_statements_whatever_its_size(api):
 
     ids = api.client.portal.call(submit_all)
     engine = app.state.engine
+    app.state.clouds.add(cloud_doc("local", site="local", region="local"))  # the nodes' cloud
     nodes = [insert_node(engine, "ready") for _ in range(3)]
     with engine.begin() as connection:  # every 7th job on a node, some with a stored output
         for n, job_id in enumerate(ids[::7]):
@@ -316,10 +319,12 @@ def test_a_page_of_jobs_costs_the_same_few_statements_whatever_its_size(api):
             assert len(page["edges"]) == size and page["totalCount"] == 500, response.text
             on_nodes = [edge["node"] for edge in page["edges"] if edge["node"]["node"]]
             assert len(on_nodes) == len(ids[:size:7]) and on_nodes[0]["outputs"][0]["url"].startswith("http")
+            assert on_nodes[0]["node"]["cloud"] == {"name": "local", "site": "local", "region": "local"}
             costs[size] = len(statements)
             queries = [statement for statement in statements if not statement.startswith("BEGIN")]
-            assert len(queries) == 3, queries  # the count, the page, the page's nodes
+            # the count, the page, the page's nodes, their clouds and the clouds' usage
+            assert len(queries) == 5, queries
     finally:
         event.remove(engine, "before_cursor_execute", count)
-    # SQLite's transactions begin with a statement of their own (PostgreSQL's do not): at most 2 more.
-    assert costs[5] == costs[500] <= 5, costs
+    # SQLite's transactions begin with a statement of their own (PostgreSQL's do not).
+    assert costs[5] == costs[500] <= 8, costs
