@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from schema.errors import DomainError
@@ -138,7 +139,10 @@ def create_app(settings: Settings) -> Starlette:
           *rest_jobs.routes, *rest_storage.routes]
     # Subscriptions' websockets from other origins: only the origins CORS allows (strawberry refuses
     # a cross-origin handshake otherwise).
-    graphql = GraphQLApp(graphql_schema, graphql_ide="graphiql", allowed_origins=settings.cors_origins)
+    # Subscriptions speak graphql-transport-ws only: the older graphql-ws protocol is neither
+    # needed by current clients nor tested here.
+    graphql = GraphQLApp(graphql_schema, graphql_ide="graphiql", allowed_origins=settings.cors_origins,
+                         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,))
     # Browsers' cross-origin calls (a frontend on another origin) only from the configured origins;
     # tokens travel in the Authorization header, never in cookies, so no credentials mode.
     cors = [Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",

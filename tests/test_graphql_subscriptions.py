@@ -12,6 +12,7 @@ import uuid
 
 import httpx
 import pytest
+import websockets
 from gql import Client, gql
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
@@ -122,6 +123,19 @@ async def error_code(server: LiveServer, token: str | None, query: str, **variab
             await next_event(events)
     [error] = raised.value.errors
     return error.get("extensions", {}).get("code", error["message"])
+
+
+@pytest.mark.anyio
+async def test_only_graphql_transport_ws_is_spoken(server):
+    """The older graphql-ws protocol is not offered: the server closes such a connection with
+    4406 (Subprotocol not acceptable)."""
+    url = server.url.replace("http://", "ws://") + "/graphql"
+    with pytest.raises(websockets.exceptions.ConnectionClosedError) as closed:
+        async with websockets.connect(url, subprotocols=["graphql-ws"]) as socket:
+            await socket.recv()
+    assert closed.value.rcvd.code == 4406
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+        assert socket.subprotocol == "graphql-transport-ws"
 
 
 @pytest.mark.anyio
