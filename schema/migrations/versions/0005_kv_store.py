@@ -1,0 +1,13 @@
+"""the key-value store (issue 9)
+
+Revision ID: 0005
+Revises: 0004
+"""
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
