@@ -26,14 +26,22 @@ from gateway.graphql.schema import schema as graphql_schema
 from gateway.openapi import openapi_document
 from gateway.rest import agent as rest_agent
 from gateway.rest import jobs as rest_jobs
+from gateway.rest import workflows as rest_workflows
+from gateway.rest import kv as rest_kv
+from gateway.rest import resources as rest_resources
 from gateway.rest import storage as rest_storage
+from gateway.rest import data as rest_data
+from gateway.services.data import DataService, open_store
+from gateway.services.accounting import AccountingService
 from gateway.services.agent import AgentService
 from gateway.services.batcher import JobInserter
 from gateway.services.clouds import CloudService
 from gateway.services.jobs import JobService
+from gateway.services.workflows import WorkflowService
+from gateway.services.notify import Notifier, NotifyConfig
+from gateway.services.kv import KvService
 from gateway.services.watch import Watch
 from gateway.settings import Settings
-from gateway.storage import ObjectStore
 from schema.credentials import CredentialBox
 from schema.signals import Signal
 from schema.db import make_engine, reading, upgrade
@@ -98,20 +106,28 @@ def create_app(settings: Settings) -> Starlette:
         upgrade(engine)
         inserter = JobInserter(engine)
         tokens = TokenAuthority(settings.secret)
-        store = ObjectStore(settings.data_dir / "storage", settings.secret, settings.public_url)
         jobs_changed, assigned = Signal(), Signal()
         box = CredentialBox.for_data_dir(settings.data_dir)
+        # Local files in the data dir, or an S3 bucket (settings.storage_url); docs/api-decisions.md "Data".
+        store = await to_thread.run_sync(open_store, settings, engine, box)
         app.state.engine = engine
         app.state.tokens = tokens
         app.state.store = store
-        app.state.jobs = JobService(engine, inserter, settings.data_dir, jobs_changed)
+        # E-mails and webhooks when jobs finish: its own task, woken by jobs_changed (notify.py).
+        app.state.notifier = Notifier(engine, NotifyConfig.of(settings), jobs_changed)
+        app.state.jobs = JobService(engine, inserter, settings.data_dir, jobs_changed, app.state.notifier)
         app.state.auth = Authenticator(tokens, app.state.jobs)
+        app.state.workflows = WorkflowService(engine, inserter, app.state.jobs, jobs_changed)
         app.state.clouds = CloudService(engine, box)
+        app.state.accounting = AccountingService(engine, app.state.clouds)
+        app.state.kv = KvService(engine)
+        app.state.data = DataService(engine, store, settings.data_dir, settings.max_upload_bytes)
         app.state.agent = AgentService(engine, tokens, store, settings.data_dir, settings.public_url,
                                        jobs_changed, assigned)
         # GraphQL subscriptions' changes: the signals only wake it early (the provisioner may run apart).
         app.state.watch = Watch(engine, app.state.jobs, app.state.clouds, settings.data_dir, (jobs_changed, assigned))
         app.state.watch.start()
+        app.state.notifier.start()
         app.state.openapi = openapi_document()
         app.state.health_threads = CapacityLimiter(1)
         # Threads that wait on I/O (the event loop, database calls) get the GIL back within 1 ms
@@ -130,13 +146,14 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await app.state.watch.stop()
+            await app.state.notifier.stop()
             if provisioner:
                 provisioner.stop()
             inserter.close()
             engine.dispose()
 
     v1 = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"]),
-          *rest_jobs.routes, *rest_storage.routes]
+          *rest_jobs.routes, *rest_workflows.routes, *rest_resources.routes, *rest_storage.routes, *rest_data.routes, *rest_kv.routes]
     # Subscriptions' websockets from other origins: only the origins CORS allows (strawberry refuses
     # a cross-origin handshake otherwise).
     # Subscriptions speak graphql-transport-ws only: the older graphql-ws protocol is neither

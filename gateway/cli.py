@@ -19,7 +19,15 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
                          reconcile_interval=args.reconcile_interval,
                          client_timeout=getattr(args, "client_timeout", None),
                          tls_cert=args.tls_cert, tls_key=args.tls_key, agent_ca=args.agent_ca,
-                         cors_origins=getattr(args, "cors_origin", None), **extra)
+                         cors_origins=getattr(args, "cors_origin", None),
+                         storage_url=getattr(args, "storage_url", None),
+                         max_upload_bytes=getattr(args, "max_upload_bytes", None),
+                         **{name: getattr(args, name, None) for name in _NOTIFY_OPTIONS}, **extra)
+
+
+# serve's notification options (gateway/services/notify.py), by their Settings names
+_NOTIFY_OPTIONS = ("smtp_url", "mail_from", "webhook_allow_private", "notify_timeout", "notify_attempts",
+                   "notify_backoff")
 
 
 def _log_to_stderr() -> None:
@@ -132,6 +140,27 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--cors-origin", action="append",
                        help="a browser origin allowed to call the API and GraphQL (scheme://host[:port], or * "
                             "for any); repeat it for several (or PROMINENCE_CORS_ORIGINS, comma-separated)")
+    serve.add_argument("--smtp-url", help="SMTP server for e-mail notifications: smtp://[user:password@]host[:port] "
+                                          "(plain), smtp+starttls://... or smtps://... (or PROMINENCE_SMTP_URL); "
+                                          "without it no e-mail is sent")
+    serve.add_argument("--mail-from", help="From address of notification e-mails (or PROMINENCE_MAIL_FROM; "
+                                           "default prominence@<this host>)")
+    serve.add_argument("--webhook-allow-private", action="store_true", default=None,
+                       help="let webhook notifications reach loopback, private, link-local and other non-public "
+                            "addresses (refused by default: users choose the URLs)")
+    serve.add_argument("--notify-timeout", type=float,
+                       help="seconds for one attempt to send a notification (default 10)")
+    serve.add_argument("--notify-attempts", type=int,
+                       help="attempts to send a notification before it is given up (default 8)")
+    serve.add_argument("--notify-backoff", type=float,
+                       help="seconds before a failed notification is tried again, doubled after each "
+                            "failure, at most an hour (default 30)")
+    serve.add_argument("--storage-url", help="object store of uploads and outputs: local (files in the data dir, "
+                                             "the default), s3://BUCKET[?region=R] or "
+                                             "s3+http(s)://HOST[:PORT]/BUCKET[?region=R] (or PROMINENCE_STORAGE_URL); "
+                                             "its keys: `storage set-credentials`")
+    serve.add_argument("--max-upload-bytes", type=int,
+                       help="the largest object users may upload (default 5 GiB; or PROMINENCE_MAX_UPLOAD_BYTES)")
     serve.add_argument("--no-provisioner", action="store_true",
                        help="do not create nodes or schedule jobs here (run `provisioner` apart)")
     serve.set_defaults(run=_serve)
@@ -147,7 +176,56 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", help="the server's data dir, which holds its secret (default ./data)")
     create.set_defaults(run=_token_create)
     add_cloud_commands(commands)
+    _add_storage_commands(commands)
     return top
+
+
+def _storage_credentials(args: argparse.Namespace) -> None:
+    """The object store's keys, from a YAML/JSON mapping (`key`, `secret`) in a file or stdin, never
+    argv; kept encrypted (schema/credentials.py), never shown."""
+    import yaml
+
+    from gateway.services.data import set_storage_credentials
+    from schema.credentials import CredentialBox
+    from schema.db import make_engine, upgrade
+
+    text = sys.stdin.read() if args.file in (None, "-") else open(args.file, encoding="utf-8").read()
+    try:
+        credentials = yaml.safe_load(text)
+    except yaml.YAMLError:
+        sys.exit("prominence-server: the storage credentials are not YAML (a mapping with key and secret)")
+    settings = Settings.load(args.data_dir, args.database_url)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    set_storage_credentials(engine, CredentialBox.for_data_dir(settings.data_dir), credentials)
+    engine.dispose()
+    print("storage credentials set (they take effect when the server starts)")
+
+
+def _storage_show(args: argparse.Namespace) -> None:
+    from gateway.services.data import storage_credentials_updated
+    from schema.db import make_engine, upgrade
+
+    settings = Settings.load(args.data_dir, args.database_url)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    updated = storage_credentials_updated(engine)
+    engine.dispose()
+    print(f"credentials: {'set' if updated else 'not set'}")
+
+
+def _add_storage_commands(commands) -> None:
+    storage = commands.add_parser("storage", help="the object store's credentials").add_subparsers(
+        dest="storage_command", required=True)
+    credentials = storage.add_parser("set-credentials", help="set or rotate the S3 store's keys (a YAML mapping "
+                                                             "with key and secret, from --file or stdin)")
+    credentials.add_argument("--file", help="default: stdin")
+    credentials.set_defaults(run=_storage_credentials)
+    show = storage.add_parser("show", help="whether the store's keys are set (never the keys)")
+    show.set_defaults(run=_storage_show)
+    for command in (credentials, show):
+        command.add_argument("--data-dir", help="the server's data dir (default ./data, or PROMINENCE_DATA_DIR)")
+        command.add_argument("--database-url", help="the server's database (default SQLite in the data dir)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,6 +51,48 @@ def _check_origins(origins: list[str]) -> tuple[str, ...]:
     return tuple(origin.rstrip("/") for origin in origins)
 
 
+_MAIL_ADDRESS = re.compile(r"[^@\s<>,;\x00-\x1f\x7f]{1,200}@[^@\s<>,;\x00-\x1f\x7f]{1,200}")
+
+
+def _check_notifications(options: dict) -> None:
+    """The SMTP URL, the sender address and the delivery limits, checked at start-up."""
+    from urllib.parse import urlsplit
+
+    if url := options.get("smtp_url"):
+        try:
+            parts = urlsplit(url)
+            parts.port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("smtp", "smtp+starttls", "smtps") or not parts.hostname:
+            # Not echoed: it may hold a password.
+            raise SettingsError("--smtp-url: must be smtp://host[:port], "
+                                "smtp+starttls://host[:port] or smtps://host[:port], with user:password@ "
+                                "before the host if the server wants a login")
+    if (sender := options.get("mail_from")) and not _MAIL_ADDRESS.fullmatch(sender):
+        raise SettingsError(f"--mail-from {sender}: must be an e-mail address")
+    for name, least in (("notify_timeout", 0.1), ("notify_backoff", 0.0), ("notify_attempts", 1)):
+        value = options.get(name)
+        if value is not None and not (least <= value <= 86400):
+            raise SettingsError(f"--{name.replace('_', '-')} {value}: must be from {least} to 86400")
+
+
+def _check_storage(options: dict) -> None:
+    """The object store's URL and the upload limit, checked at start-up (never echoing a URL's userinfo)."""
+    from urllib.parse import urlsplit
+
+    if (url := options.get("storage_url")) and url != "local":
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            raise SettingsError("--storage-url: must not hold keys (set them with `prominence-server storage "
+                                "set-credentials`, which keeps them encrypted)")
+        if parts.scheme not in ("s3", "s3+http", "s3+https"):
+            raise SettingsError(f"--storage-url {url}: must be local, s3://BUCKET[?region=R] or "
+                                "s3+http(s)://HOST[:PORT]/BUCKET[?region=R]")
+    if (limit := options.get("max_upload_bytes")) is not None and not 1 <= limit <= 5 * 1024**4:
+        raise SettingsError(f"--max-upload-bytes {limit}: must be from 1 to 5 TiB")
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -68,6 +110,16 @@ class Settings:
     tls_key: str | None = None  # PEM private key of tls_cert
     agent_ca: str | None = None  # PEM CA bundle agents trust (default tls_cert when TLS is on; None: system CAs)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API, e.g. https://app.example.org
+    # Notifications (gateway/services/notify.py, docs/api-decisions.md "Notifications")
+    smtp_url: str | None = None  # smtp://[user:password@]host[:port], smtp+starttls://..., smtps://...; None: no e-mail
+    mail_from: str | None = None  # the From address of notification e-mails (default prominence@<this host>)
+    webhook_allow_private: bool = False  # webhooks may reach loopback, private and link-local addresses
+    notify_timeout: float = 10.0  # seconds for one delivery attempt (webhook POST, SMTP conversation)
+    notify_attempts: int = 8  # attempts of one delivery before it is given up
+    notify_backoff: float = 30.0  # seconds before the first retry; doubled for each next one, at most an hour
+    # Data (gateway/services/data.py, docs/api-decisions.md "Data")
+    storage_url: str = "local"  # local (files in the data dir), s3://BUCKET[?region=R], s3+http(s)://HOST[:PORT]/BUCKET
+    max_upload_bytes: int = 5 * 1024**3  # the largest uploaded object
 
     @classmethod
     def load(cls, data_dir: str | None = None, database_url: str | None = None, public_url: str | None = None,
@@ -88,6 +140,16 @@ class Settings:
                      "reconcile_interval", "client_timeout"):
             if options.get(name) is None and (value := _env_number(f"PROMINENCE_{name.upper()}")) is not None:
                 options[name] = int(value) if name.startswith("local_") else value
+        for name in ("smtp_url", "mail_from"):
+            options[name] = options.get(name) or os.environ.get(f"PROMINENCE_{name.upper()}") or None
+        for name in ("notify_timeout", "notify_attempts", "notify_backoff"):
+            if options.get(name) is None and (value := _env_number(f"PROMINENCE_{name.upper()}")) is not None:
+                options[name] = int(value) if name == "notify_attempts" else value
+        _check_notifications(options)
+        options["storage_url"] = options.get("storage_url") or os.environ.get("PROMINENCE_STORAGE_URL") or None
+        if options.get("max_upload_bytes") is None and (value := _env_number("PROMINENCE_MAX_UPLOAD_BYTES")) is not None:
+            options["max_upload_bytes"] = int(value)
+        _check_storage(options)
         options = {k: v for k, v in options.items() if v is not None}
         return cls(data_dir=path, database_url=url, public_url=public.rstrip("/"), **options)
 

@@ -39,6 +39,7 @@ from schema.identity import TokenAuthority
 from schema.lifecycle import finished, leave_pool, release_node_jobs
 from schema.signals import Signal
 from schema.tables import clouds, jobs, nodes
+from schema import workflowrun
 
 log = logging.getLogger("prominence.provisioner")
 
@@ -167,6 +168,12 @@ class Provisioner:
     def tick(self) -> None:
         now = time.time()
         self._expire_queued(now)
+        # Workflows first: their finished jobs counted, the jobs whose dependencies completed
+        # released (only those are `waiting` below: the gate), the next factory instances made.
+        try:
+            workflowrun.advance(self._engine, int(now))
+        except Exception:  # a workflow's trouble must not stop the scheduling of every job
+            log.exception("advancing workflows failed")
         plan = planner.plan(self._snapshot(now))
         self._apply(plan, now)
         self._destroy_deleted_elsewhere()
@@ -183,7 +190,7 @@ class Provisioner:
             waiting = connection.execute(
                 select(jobs.c.id, jobs.c.cpus, jobs.c.memory_mb, jobs.c.disk_gb, jobs.c.autoscale, jobs.c.nodes,
                        jobs.c.placement)
-                .where(jobs.c.status == JobStatus.IDLE, jobs.c.node_id.is_(None))
+                .where(jobs.c.status == JobStatus.IDLE, jobs.c.node_id.is_(None), jobs.c.blocked.is_(False))
                 .order_by(jobs.c.priority.desc(), jobs.c.id).limit(MAX_WAITING)).all()
         shapes: dict[tuple, planner.Shape] = {}
         demands = []

@@ -19,6 +19,7 @@ import math
 import posixpath
 import re
 import shlex
+import urllib.parse
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -32,7 +33,9 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -134,7 +137,50 @@ _IMAGE_REFERENCE = re.compile(IMAGE_REFERENCE)
 MAX_IMAGE_NAME = 255  # the reference grammar's limit on the name (without tag and digest)
 
 
+# Uploaded data objects (gateway/services/data.py): what users may name, wherever they name one.
+MAX_OBJECT_NAME = 1024  # bytes of a whole object name (UTF-8)
+MAX_OBJECT_COMPONENT = 255  # bytes of one `/`-separated part of it
+# An image ending so is the name of an uploaded archive (`podman save`), loaded with `podman load`.
+ARCHIVE_IMAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Where nodes keep uploaded archive images (by content): never a name a job may ask for itself.
+LOADED_IMAGE_REPOSITORY = "localhost/prominence-upload"
+
+
+def check_object_name(value: str) -> str:
+    """An uploaded object's name (`data.tgz`, or `<group>/dir/data.tgz` in a group's area): no
+    empty, `.` or `..` part, no NUL or other control character, bounded lengths. ValueError says why."""
+    if not value:
+        raise ValueError("must be a non-empty object name")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain NUL or other control characters")
+    if len(value.encode()) > MAX_OBJECT_NAME:
+        raise ValueError(f"must be at most {MAX_OBJECT_NAME} bytes long")
+    for part in value.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError("must not start or end with '/', contain '//', or have a '.' or '..' part")
+        if len(part.encode()) > MAX_OBJECT_COMPONENT:
+            raise ValueError(f"must not have a part longer than {MAX_OBJECT_COMPONENT} bytes")
+    return value
+
+
+def is_archive_image(image: str) -> bool:
+    """Whether a task's image names one of the user's uploaded archives (not a registry image)."""
+    return "/" not in image and image.lower().endswith(ARCHIVE_IMAGE_SUFFIXES)
+
+
+def is_object_artifact(url: str) -> bool:
+    """Whether an artifact's url names one of the user's uploaded objects (not an http(s) URL)."""
+    return urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https")
+
+
 def _image_reference(value: str) -> str:
+    if is_archive_image(value):
+        try:
+            return check_object_name(value)
+        except ValueError as error:
+            raise ValueError(f"names an uploaded image archive, and {error}") from None
+    if value.startswith((LOADED_IMAGE_REPOSITORY + ":", LOADED_IMAGE_REPOSITORY + "@")):
+        raise ValueError(f"must not name {LOADED_IMAGE_REPOSITORY} (the nodes' store of uploaded archives)")
     match = _IMAGE_REFERENCE.match(value)
     if match is None:
         raise ValueError("must be a container image reference like busybox, docker.io/library/busybox:1.36 or "
@@ -330,9 +376,48 @@ class JobPolicies(_Model):
         return _rename(data, "ignoreTaskFailures", "ignoreTaskTailures")
 
 
+MAX_WEBHOOK_URL = 2048  # characters of a webhook's URL
+MAX_NOTIFICATIONS = 10  # per job
+
+
+def _webhook_url(value: str) -> str:
+    """An absolute http(s) URL with a host (docs/api-decisions.md, Notifications). Whether its
+    address may be reached (no loopback, link-local, private...) is the sender's check, made when
+    the notification is sent (names resolve then) and, for addresses written as such, at submission."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError("must be an http or https URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http or https URL with a host, e.g. https://example.org/hook")
+    if port == 0:
+        raise ValueError("must not name port 0")
+    return value
+
+
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_WEBHOOK_URL), AfterValidator(_webhook_url)]
+
+
 class Notification(_Model):
+    """`email` goes to the address in the submitter's token; `webhook` POSTs a signed JSON body to
+    `url` (docs/api-decisions.md, Notifications)."""
+
     event: Literal["jobFinished"]
-    type: Literal["email"]
+    type: Literal["email", "webhook"]
+    url: WebhookUrl | None = Field(default=None, validate_default=True)
+
+    @field_validator("url")
+    @classmethod
+    def _url_for_webhooks(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("type")
+        if kind == "webhook" and value is None:
+            raise ValueError("is required for a webhook notification")
+        if kind == "email" and value is not None:
+            raise ValueError("is only for webhook notifications (an e-mail goes to the address in your token)")
+        return value
 
 
 class InputFile(_Model):
@@ -342,8 +427,20 @@ class InputFile(_Model):
     executable: bool | None = None
 
 
+def _artifact_url(value: str) -> str:
+    """An http(s) URL, or the name of one of the user's uploaded objects (a name without `/`)."""
+    if not is_object_artifact(value):
+        return value
+    if "/" in value:
+        raise ValueError("must be an http(s) URL or the name of one of your uploaded objects (without '/')")
+    try:
+        return check_object_name(value)
+    except ValueError as error:
+        raise ValueError(f"names an uploaded object, and {error}") from None
+
+
 class Artifact(_Model):
-    url: Text
+    url: Annotated[Text, AfterValidator(_artifact_url)]
     mountpoint: Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^/:]+:/.*$"), NUL_FREE] | None = None
     executable: bool | None = None
 
@@ -400,7 +497,7 @@ class JobSpec(_Model):
     tasks: Annotated[list[Task], Field(min_length=1, max_length=100)]
     resources: Resources
     policies: JobPolicies | None = None
-    notifications: list[Notification] | None = None
+    notifications: Annotated[list[Notification], Field(max_length=MAX_NOTIFICATIONS)] | None = None
     inputs: list[InputFile] | None = None
     artifacts: list[Artifact] | None = None
     outputFiles: list[RelativePath] | None = None

@@ -1,7 +1,7 @@
 """The state database's tables (SQLModel). Alembic migrations in `schema/migrations` create them."""
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, String
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -60,6 +60,18 @@ class Job(SQLModel, table=True):
     placement: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     # While the job waits: why, per candidate cloud ({"local": "quota used", ...}), as the planner last saw it
     wait_reasons: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    # Notifications (gateway/services/notify.py): true from submission until the finished job's
+    # deliveries are in the outbox; the submitter's e-mail address, from their token at submission.
+    notify_pending: bool = False
+    notify_email: str | None = None
+    # Workflows (schema/workflowrun.py): the job's name inside its workflow and its factory instance;
+    # `blocked` while its dependencies have not completed (the scheduler does not see it); and
+    # `wf_pending` from submission until the workflow has counted its end.
+    wf_job: str | None = None
+    wf_instance: int | None = None
+    blocked: bool = False
+    wf_pending: bool = False
+    parameters: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))  # a factory instance's
 
 
 class Node(SQLModel, table=True):
@@ -124,7 +136,120 @@ class Cloud(SQLModel, table=True):
     updated_at: float
 
 
+# Key-value store keys compare byte by byte on both databases (SQLite's default BINARY collation;
+# "C" on PostgreSQL), i.e. in code point order, so that a prefix is one index range.
+KvKeyType = String().with_variant(String(collation="C"), "postgresql")
+
+
+class KvPair(SQLModel, table=True):
+    """One key of a user's key-value store (DESIGN.md 3.6; gateway/services/kv.py has the rules)."""
+
+    __tablename__ = "kv_pairs"
+
+    owner: str = Field(sa_column=Column(KvKeyType, primary_key=True))
+    key: str = Field(sa_column=Column(KvKeyType, primary_key=True))  # "/a/b": a leading slash, then the path
+    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # any bytes, 1 to 16,000
+    updated_at: float
+
+
 jobs = Job.__table__
 nodes = Node.__table__
 id_counter = IdCounter.__table__
 clouds = Cloud.__table__
+kv_pairs = KvPair.__table__
+
+
+class Workflow(SQLModel, table=True):
+    """A workflow (reference section 4): its description, its status, and its jobs' progress
+    (schema/workflowrun.py keeps `state`: per job, schema.dag.JobProgress's stored counts)."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (
+        Index("ix_workflows_owner_in_queue", "owner", "in_queue"),
+        Index("ix_workflows_status", "status"),
+    )
+
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    owner: str
+    name: str = ""
+    status: str
+    status_reason: str = ""
+    spec: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))  # WorkflowSpec.to_stored()
+    state: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    total: int = Field(sa_column=Column(BigInteger, nullable=False))  # job instances in all
+    in_queue: bool = True
+    create_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+    start_time: int | None = Field(default=None, sa_column=Column(BigInteger))
+    end_time: int | None = Field(default=None, sa_column=Column(BigInteger))
+    rerun_of: int | None = Field(default=None, sa_column=Column(BigInteger))  # the workflow it re-runs
+
+
+workflows = Workflow.__table__
+# The workflow engine's work: finished jobs of workflows not counted yet (only those in the index).
+Index("ix_jobs_wf_pending", jobs.c.id, sqlite_where=jobs.c.wf_pending.is_(True),
+      postgresql_where=jobs.c.wf_pending.is_(True))
+Index("ix_jobs_workflow_job", jobs.c.workflow_id, jobs.c.wf_job, jobs.c.status)
+
+
+class NotificationDelivery(SQLModel, table=True):
+    """The notifications outbox (gateway/services/notify.py): one row per notification of a
+    finished job (or workflow), written in the transaction that clears its `notify_pending`, and
+    updated as it is sent (state pending -> sent | failed | skipped)."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        Index("ix_notification_deliveries_subject", "subject", "subject_id", "seq", unique=True),
+        Index("ix_notification_deliveries_due", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str  # what finished: "job" (or "workflow")
+    subject_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    seq: int  # its place in the subject's notifications list
+    event: str  # jobFinished, workflowFinished
+    owner: str
+    kind: str  # email, webhook
+    target: str  # the e-mail address or the webhook URL ("" when there is none)
+    payload: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))  # what is sent, bar the delivery id
+    state: str = "pending"
+    attempts: int = 0
+    next_attempt_at: float  # due time; while a sender holds it, the end of its lease
+    last_error: str = ""
+    created_at: float
+    sent_at: float | None = None
+
+
+notification_deliveries = NotificationDelivery.__table__
+# Finished jobs whose notifications are not in the outbox yet: only those rows are in the index.
+Index("ix_jobs_notify_pending", jobs.c.id, sqlite_where=jobs.c.notify_pending.is_(True),
+      postgresql_where=jobs.c.notify_pending.is_(True))
+
+
+class DataObject(SQLModel, table=True):
+    """An uploaded object (gateway/services/data.py): the index of the store's `uploads/...` keys,
+    so that listings are one indexed query and a checksum is kept with each object."""
+
+    __tablename__ = "data_objects"
+    __table_args__ = (Index("ix_data_objects_area_name", "area", "name"),)
+
+    key: str = Field(primary_key=True)  # the store's key: uploads/users/<user>/<name>, uploads/groups/<group>/...
+    area: str  # users/<user> or groups/<group>: who may see it
+    name: str  # as users name it: <name> in a user's area, <group>/<path> in a group's
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sha256: str
+    modified: float
+    uploader: str
+
+
+class StorageCredential(SQLModel, table=True):
+    """The object store's keys (S3 access key and secret), sealed with the CredentialBox; write-only."""
+
+    __tablename__ = "storage_credentials"
+
+    name: str = Field(primary_key=True)  # "default"
+    credentials: str  # Fernet token of the JSON credentials
+    updated_at: float
+
+
+data_objects = DataObject.__table__
+storage_credentials = StorageCredential.__table__

@@ -222,6 +222,7 @@ _StoredPolicies = _stored_type("StoredPolicies", placement=_placement)
 class Notification:
     event: NotificationEvent
     type: NotificationType
+    url: str | None = strawberry.field(description="Where a webhook notification is POSTed")
 
 
 @strawberry.type(description="A file the job's directory starts with")

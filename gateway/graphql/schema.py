@@ -11,10 +11,15 @@ from strawberry.tools import merge_types
 
 from gateway.graphql.admin import AdminMutations, AdminQueries
 from gateway.graphql.context import caller
+from gateway.graphql.data import DataMutations, DataQueries
 from gateway.graphql.execution import FastExecutionContext
 from gateway.graphql.jobs import JobCounts, JobMutations, JobQueries
+from gateway.graphql.kv import KvMutations, KvQueries
 from gateway.graphql.limits import limits
+from gateway.graphql.notifications import NotificationQueries
 from gateway.graphql.subscriptions import Subscription
+from gateway.graphql.usage import UsageQueries
+from gateway.graphql.workflows import WorkflowMutations, WorkflowQueries
 from schema.errors import DomainError
 from schema.identity import Identity
 
@@ -39,8 +44,8 @@ class ViewerQueries:
         return Viewer(name=who.username, groups=list(who.groups), admin=who.admin, identity=who)
 
 
-Query = merge_types("Query", (ViewerQueries, JobQueries, AdminQueries))
-Mutation = merge_types("Mutation", (JobMutations, AdminMutations))
+Query = merge_types("Query", (ViewerQueries, JobQueries, AdminQueries, KvQueries, UsageQueries, NotificationQueries, DataQueries, WorkflowQueries))
+Mutation = merge_types("Mutation", (JobMutations, AdminMutations, KvMutations, DataMutations, WorkflowMutations))
 
 
 def _masked(error: GraphQLError) -> bool:

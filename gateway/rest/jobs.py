@@ -37,6 +37,8 @@ def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
                             "tasks": redact_tasks(spec["tasks"]), "events": events}
     if row.status_reason:
         view["statusReason"] = row.status_reason
+    if row.parameters:  # a workflow factory's instance (reference 2.1)
+        view["parameters"] = row.parameters
     if not detail:
         return view
     view.update((key, spec[key]) for key in _DETAIL_KEYS if key in spec)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, and_, func, select, update
 
 from gateway.errors import BadRequest, Forbidden
 from gateway.services.jobs import output_path
+from gateway.services.data import resolve_for_job
 from gateway.storage import ObjectStore
 from schema.enums import NODE_GONE, JobStatus, NodeState
 from schema.identity import TokenAuthority
@@ -111,12 +112,18 @@ class AgentService:
                 .returning(jobs.c.id, jobs.c.attempt, jobs.c.spec, jobs.c.owner, jobs.c.cpus, jobs.c.memory_mb,
                            jobs.c.disk_gb)
             ).all()
-        return [{
-            "id": row.id, "attempt": row.attempt, "spec": row.spec, "owner": row.owner,
+        return [self._assignment(row) for row in claimed]
+
+    def _assignment(self, row: Any) -> dict[str, Any]:
+        lifetime = job_token_lifetime(row.spec)
+        # Artifacts and archive images naming the owner's uploaded objects: signed URLs (data.py).
+        spec, images = resolve_for_job(self._store, row.owner, row.spec, lifetime)
+        return {
+            "id": row.id, "attempt": row.attempt, "spec": spec, "owner": row.owner, "images": images,
             "cpus": row.cpus, "memory_mb": row.memory_mb, "disk_gb": row.disk_gb,
-            "token": self._tokens.issue_job_token(row.id, row.attempt, row.owner, (), job_token_lifetime(row.spec)),
+            "token": self._tokens.issue_job_token(row.id, row.attempt, row.owner, (), lifetime),
             "url": f"{self._public_url}/v1",
-        } for row in claimed]
+        }
 
     async def claim(self, node_id: int, wait: float,
                     agent_gone: Callable[[], Awaitable[bool]]) -> list[dict[str, Any]]:

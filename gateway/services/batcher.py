@@ -11,9 +11,10 @@ only the submitter of the bad row hears of the failure and the others still get 
 import asyncio
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Connection, Engine, insert, update
 
 from schema.tables import id_counter, jobs
 
@@ -36,8 +37,10 @@ class JobInserter:
         self._thread = threading.Thread(target=self._run, name="job-inserter", daemon=True)
         self._thread.start()
 
-    async def insert(self, row: dict[str, Any]) -> int:
-        """Store one job row (without `id`); returns its id once the row is committed."""
+    async def insert(self, row: dict[str, Any] | Callable[[Connection], int]) -> int:
+        """Store one job row (without `id`); returns its id once the row is committed. A callable
+        instead stores what it likes with the group's connection (a workflow and its jobs) and
+        returns the id to answer: it is committed with the group, all or nothing."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((row, future, loop))
@@ -64,11 +67,16 @@ class JobInserter:
                 batch.append(item)
             self._commit(batch)
 
-    def _store(self, batch: list) -> range:
+    def _store(self, batch: list) -> list[int]:
         with self._engine.begin() as connection:
-            ids = allocate_ids(connection, len(batch))
-            connection.execute(insert(jobs), [dict(row, id=i) for i, (row, _, _) in zip(ids, batch)])
-        return ids
+            rows = [row for row, _, _ in batch if not callable(row)]
+            ids = iter(allocate_ids(connection, len(rows)) if rows else ())
+            answers = [next(ids) if not callable(row) else None for row, _, _ in batch]
+            if rows:
+                connection.execute(insert(jobs), [dict(row, id=i) for i, row in zip(answers, (
+                    row for row, _, _ in batch)) if i is not None])
+            answers = [row(connection) if callable(row) else i for i, (row, _, _) in zip(answers, batch)]
+        return answers
 
     def _commit(self, batch: list) -> None:
         try:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, func, select, update
 
 from schema.identity import Identity
 from gateway.services.batcher import JobInserter
+from gateway.services.notify import Notifier, submission_columns
 from gateway.storage import ObjectStore
 from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason
 from schema.errors import Forbidden, InvalidInput, InvalidState, JobNotFound, NotFound
@@ -25,7 +26,7 @@ from schema.tables import jobs
 
 # Columns a listing needs; the others only with detail.
 _LIST_COLUMNS = [jobs.c.id, jobs.c.name, jobs.c.status, jobs.c.status_reason, jobs.c.spec,
-                 jobs.c.create_time, jobs.c.start_time, jobs.c.end_time]
+                 jobs.c.create_time, jobs.c.start_time, jobs.c.end_time, jobs.c.parameters]
 _DETAIL_COLUMNS = [jobs.c.execution, jobs.c.wait_reasons, jobs.c.node_id]
 T = TypeVar("T")
 # Listings run in worker threads, at most this many at once: however many clients ask for big
@@ -109,14 +110,18 @@ def _comparable(field: str, values: Iterable[str | None]) -> None:
 
 
 class JobService:
-    def __init__(self, engine: Engine, inserter: JobInserter, data_dir: Path, changed: Signal):
+    def __init__(self, engine: Engine, inserter: JobInserter, data_dir: Path, changed: Signal,
+                 notifier: Notifier | None = None):
         self._engine = engine
+        self._notifier = notifier  # checks webhook URLs at submission (gateway/services/notify.py)
         self._inserter = inserter
         self._data_dir = data_dir
         self._changed = changed  # tells the scheduler that jobs were submitted or stopped
         self._listings = CapacityLimiter(LISTING_THREADS)
 
     async def submit(self, identity: Identity, spec: JobSpec) -> int:
+        if self._notifier is not None:
+            self._notifier.check_spec(spec)
         now = int(time.time())
         demand = spec.demand()
         queue_limit = demand.pop("queue_limit_s")
@@ -125,7 +130,7 @@ class JobService:
             "status_reason": StatusReason.WAITING, "spec": spec.to_stored(), "workflow_id": None,
             "in_queue": True, "create_time": now, "start_time": None, "end_time": None, "execution": {},
             "node_id": None, "attempt": 0, "retries": 0, **demand,
-            "queue_deadline": now + queue_limit if queue_limit else None,
+            "queue_deadline": now + queue_limit if queue_limit else None, **submission_columns(identity, spec),
         })
         self._changed.notify()
         return job_id

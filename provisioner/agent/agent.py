@@ -301,8 +301,11 @@ class JobRunner(threading.Thread):
                 try:
                     engine = runtime.runtime_for(task.get("runtime"), self.agent.podman)
                     credential = task.get("imagePullCredential")
-                    image = images.get(task["image"]) or engine.prepare_image(
-                        task["image"], (credential["username"], credential["token"]) if credential else None)
+                    archive = self.assignment.get("images", {}).get(task["image"])  # an uploaded archive
+                    image = images.get(task["image"]) or (self._load_archive(engine, archive) if archive else
+                                                          engine.prepare_image(task["image"], (
+                                                              credential["username"], credential["token"])
+                                                              if credential else None))
                     images[task["image"]] = runtime.ImageInfo("cached", -1.0, image.sha256, image.ref)
                 except (runtime.RuntimeUnavailable, ValueError) as error:  # the description's fault
                     return "failed", f"Unable to execute task(s): {error}", False
@@ -350,6 +353,20 @@ class JobRunner(threading.Thread):
             sidecars_stop.set()
             for sidecar in sidecars:
                 sidecar.join()
+
+    def _load_archive(self, engine: runtime.Podman, url: str) -> runtime.ImageInfo:
+        """An uploaded image archive: fetched by the agent (from the gateway's signed URL) into a
+        directory of its own that no job reaches, then `podman load`ed (never used as a path)."""
+        directory = os.path.join(self.agent.work_dir, "images")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        try:
+            path, sha256 = staging.fetch_image(url, directory, self.agent.config.get("ca_file"))
+        except staging.StageError as error:
+            raise runtime.ImageError(str(error)) from None
+        try:
+            return engine.load_archive(path, sha256)
+        finally:
+            os.remove(path)
 
     def _run_sidecar(self, engine: runtime.Podman, spec: runtime.ContainerSpec, stop: threading.Event,
                      record: dict[str, Any]) -> None:

@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import datetime
 import glob
+import io
 import json
 import math
 import os
@@ -117,6 +118,7 @@ import select
 import shlex
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -136,6 +138,39 @@ DEFAULT_UID_BASE = 1 << 31  # the start of podman's own `--userns=auto` range: n
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE")
 _POLL = 0.1  # seconds between checks of the container, the stop event and the walltime
 _SINGULARITY_SUFFIXES = (".sif", ".simg")
+LOADED_IMAGE_REPOSITORY = "localhost/prominence-upload"  # as schema/jobspec.py (the agent imports no schema)
+MAX_ARCHIVE_MANIFEST = 1 << 20  # bytes of a docker-archive's manifest.json
+
+
+def _rename_archive(source: str, target: str, ref: str) -> None:
+    """Copy a docker-archive tar (maybe compressed) to `target` (uncompressed) with its one image
+    named `ref` only. ImageError when it is not a docker-archive of exactly one image."""
+    try:
+        with tarfile.open(source, "r:*") as archive, tarfile.open(target, "w") as out:
+            members = archive.getmembers()
+            manifest = next((m for m in members if m.name.lstrip("./") == "manifest.json" and m.isfile()), None)
+            if manifest is None or manifest.size > MAX_ARCHIVE_MANIFEST:
+                raise ImageError("the image archive is not a docker-archive (no manifest.json): make it with "
+                                 "`podman save` or `docker save`")
+            try:
+                entries = json.load(archive.extractfile(manifest))
+            except ValueError:
+                raise ImageError("the image archive's manifest.json is not JSON") from None
+            if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
+                raise ImageError("the image archive must hold exactly one image")
+            data = json.dumps([{**entries[0], "RepoTags": [ref]}]).encode()
+            for member in members:
+                if member is manifest:
+                    info = tarfile.TarInfo(member.name)
+                    info.size, info.mode, info.mtime = len(data), 0o644, member.mtime
+                    out.addfile(info, io.BytesIO(data))
+                elif member.isfile():
+                    out.addfile(member, archive.extractfile(member))
+                elif member.isdir() or member.issym() or member.islnk():
+                    out.addfile(member)
+                # nothing else (devices, FIFOs) belongs in an image archive
+    except (OSError, EOFError, tarfile.TarError) as error:
+        raise ImageError(f"the image archive cannot be read: {error}") from None
 
 
 @dataclass
@@ -331,6 +366,33 @@ class Podman:
         if r.returncode != 0:
             raise ImageError(f"cannot pull image {image}: {_error_text(r.stderr)}")
         return ImageInfo("completed", time.monotonic() - started, self._local_digest(image), image)
+
+    def load_archive(self, path: str, sha256: str) -> ImageInfo:
+        """An uploaded image archive (`podman save`/`docker save`, a docker-archive tar, maybe
+        gzipped) at `path`, an agent-owned file: loaded with `podman load` under the name
+        `localhost/prominence-upload:<sha256 of the archive>`, whatever names the archive gives
+        itself (so no upload can replace an image other jobs use by name, e.g. busybox).
+        Already loaded (the same bytes) -> "cached"."""
+        ref = f"{LOADED_IMAGE_REPOSITORY}:{sha256}"
+        if (digest := self._local_digest(ref)) is not None:
+            return ImageInfo("cached", -1.0, digest, ref)
+        started = time.monotonic()
+        renamed = path + ".load.tar"
+        try:
+            _rename_archive(path, renamed, ref)
+            try:
+                r = self._podman("load", "--quiet", "--input", renamed, timeout=self.pull_timeout)
+            except subprocess.TimeoutExpired:
+                raise ImageError(f"loading the image archive took more than {self.pull_timeout:g} s") from None
+        finally:
+            if os.path.exists(renamed):
+                os.remove(renamed)
+        if r.returncode != 0:
+            raise ImageError(f"cannot load the image archive: {_error_text(r.stderr)}")
+        digest = self._local_digest(ref)
+        if digest is None:
+            raise ImageError(f"the image archive did not load as {ref}")
+        return ImageInfo("completed", time.monotonic() - started, digest, ref)
 
     def run(self, spec: ContainerSpec, stop: threading.Event, walltime: float | None) -> TaskResult:
         command = self._run_command(spec, walltime)

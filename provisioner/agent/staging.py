@@ -11,6 +11,7 @@ import base64
 import bz2
 import glob
 import gzip
+import hashlib
 import http.client
 import os
 import shutil
@@ -230,3 +231,22 @@ def _pack_entry(tar: tarfile.TarFile, name: str, entry: str, dir_fd: int) -> Non
             info = _tarinfo(name, opened, tarfile.REGTYPE)
             info.size = opened.st_size
             tar.addfile(info, handle)
+
+
+def fetch_image(url: str, directory: str, ca_file: str | None = None,
+                create_connection=socket.create_connection) -> tuple[str, str]:
+    """Download an uploaded image archive (a signed URL of the gateway) into `directory`, which the
+    agent owns and no job can reach, as a new file (never through an existing name or link).
+    Returns its path and sha256; the caller removes it."""
+    opener = _opener(create_connection, ca_file)
+    fd, path = tempfile.mkstemp(prefix="image-", suffix=".tar", dir=directory)
+    digest = hashlib.sha256()
+    try:
+        with opener.open(url, timeout=600) as response, os.fdopen(fd, "wb") as out:
+            while piece := response.read(1 << 20):
+                digest.update(piece)
+                out.write(piece)
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        os.remove(path)
+        raise StageError("Container image download failed", str(error)) from None
+    return path, digest.hexdigest()
