@@ -69,6 +69,7 @@ bench: $(STAMP) $(MOTO_STAMP) system-packages
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/burst.py
 	$(BIN)/python bench/graphql.py
+	$(BIN)/python bench/workflow.py
 
 clean:
 	rm -rf $(VENV) $(MOTO_VENV) $(DATA)

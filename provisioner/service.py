@@ -264,10 +264,12 @@ class Provisioner:
             log.info("jobs %s failed: no enabled cloud can ever run them", [r.id for r in rows])
 
     def _expire_queued(self, now: float) -> None:
-        """maximumTimeInQueue: idle jobs past their deadline fail."""
+        """maximumTimeInQueue: idle jobs past their deadline fail. A workflow's job blocked by its
+        dependencies is not queued yet: its clock starts when it is released (schema/workflowrun.py)."""
         with self._engine.connect() as connection:
             expired = connection.execute(
-                select(jobs.c.id, jobs.c.spec).where(jobs.c.status == JobStatus.IDLE, jobs.c.queue_deadline <= now)
+                select(jobs.c.id, jobs.c.spec).where(jobs.c.status == JobStatus.IDLE, jobs.c.queue_deadline <= now,
+                                                     jobs.c.blocked.is_(False))
             ).all()
         if not expired:
             return

@@ -164,8 +164,9 @@ def check_object_name(value: str) -> str:
 
 
 def is_archive_image(image: str) -> bool:
-    """Whether a task's image names one of the user's uploaded archives (not a registry image)."""
-    return "/" not in image and image.lower().endswith(ARCHIVE_IMAGE_SUFFIXES)
+    """Whether a task's image names an uploaded archive (not a registry image): any name ending
+    .tar, .tar.gz or .tgz, as the real server's (`<group>/img.tar`: in a group's area)."""
+    return image.lower().endswith(ARCHIVE_IMAGE_SUFFIXES)
 
 
 def is_object_artifact(url: str) -> bool:
@@ -428,11 +429,12 @@ class InputFile(_Model):
 
 
 def _artifact_url(value: str) -> str:
-    """An http(s) URL, or the name of one of the user's uploaded objects (a name without `/`)."""
+    """An http(s) URL, or the name of an uploaded object: one of the user's (a name without `/`) or
+    `<group>/<path>` in a group's area (whether the submitter is in that group: the service)."""
     if not is_object_artifact(value):
         return value
-    if "/" in value:
-        raise ValueError("must be an http(s) URL or the name of one of your uploaded objects (without '/')")
+    if "://" in value:
+        raise ValueError("must be an http(s) URL or the name of an uploaded object (data.tgz, <group>/data.tgz)")
     try:
         return check_object_name(value)
     except ValueError as error:

@@ -1,7 +1,7 @@
 """The state database's tables (SQLModel). Alembic migrations in `schema/migrations` create them."""
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, String, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -26,6 +26,7 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_workflow_id", "workflow_id"),
         Index("ix_jobs_status_priority", "status", "priority", "id"),
         Index("ix_jobs_node_id", "node_id"),
+        Index("ix_jobs_end_time", "end_time"),  # the admins' accounting of all users (accounting.py)
     )
 
     id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
@@ -72,6 +73,10 @@ class Job(SQLModel, table=True):
     blocked: bool = False
     wf_pending: bool = False
     parameters: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))  # a factory instance's
+    # The groups of the token that submitted it (its workflow's, for a workflow's jobs), as a JSON list
+    # of names: which group areas its artifacts and images may name, and its groups in accounting.
+    owner_groups: list[str] = Field(default_factory=list, sa_column=Column(
+        JSONType, nullable=False, server_default=text("'[]'")))
 
 
 class Node(SQLModel, table=True):
@@ -182,6 +187,14 @@ class Workflow(SQLModel, table=True):
     start_time: int | None = Field(default=None, sa_column=Column(BigInteger))
     end_time: int | None = Field(default=None, sa_column=Column(BigInteger))
     rerun_of: int | None = Field(default=None, sa_column=Column(BigInteger))  # the workflow it re-runs
+    # The submitter's token's groups, given to every job of the workflow (also those created later).
+    owner_groups: list[str] = Field(default_factory=list, sa_column=Column(
+        JSONType, nullable=False, server_default=text("'[]'")))
+    # Notifications (gateway/services/notify.py), as a job's: true from submission until the finished
+    # workflow's deliveries are in the outbox; the submitter's e-mail address (also for its jobs'
+    # `jobFinished` e-mails, the jobs being created later, without the submitter's token).
+    notify_pending: bool = False
+    notify_email: str | None = None
 
 
 workflows = Workflow.__table__
@@ -223,6 +236,8 @@ notification_deliveries = NotificationDelivery.__table__
 # Finished jobs whose notifications are not in the outbox yet: only those rows are in the index.
 Index("ix_jobs_notify_pending", jobs.c.id, sqlite_where=jobs.c.notify_pending.is_(True),
       postgresql_where=jobs.c.notify_pending.is_(True))
+Index("ix_workflows_notify_pending", workflows.c.id, sqlite_where=workflows.c.notify_pending.is_(True),
+      postgresql_where=workflows.c.notify_pending.is_(True))
 
 
 class DataObject(SQLModel, table=True):

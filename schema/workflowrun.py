@@ -93,7 +93,13 @@ def _job_row(spec: WorkflowSpec, workflow: Any, job: str, index: int | None, blo
         "start_time": None, "end_time": None, "execution": {}, "node_id": None, "attempt": 0, "retries": 0,
         **demand, "queue_deadline": now + queue_limit if queue_limit and not blocked else None,
         "wf_job": job, "wf_instance": index, "blocked": blocked, "wf_pending": True,
-        "parameters": instance_parameters(spec, job, index), **extra,
+        "parameters": instance_parameters(spec, job, index),
+        "owner_groups": list(workflow.owner_groups or ()),  # the workflow's submitter's groups
+        # Its own `notifications` (jobFinished), each instance and attempt being a job; e-mails go
+        # to the workflow's submitter (the workflow row keeps the address: notify.py).
+        "notify_pending": bool(js.notifications),
+        "notify_email": workflow.notify_email if any(n.type == "email" for n in js.notifications or ()) else None,
+        **extra,
     }
 
 
@@ -105,9 +111,12 @@ def _insert_jobs(connection: Connection, rows: list[dict[str, Any]]) -> None:
 
 def create(connection: Connection, owner: str, spec: WorkflowSpec, now: int, rerun_of: int | None = None,
            done_before: dict[str, list[list[int]]] | None = None, job_extra: dict[str, Any] | None = None,
-           max_idle: int = WORKFLOW_MAX_IDLE) -> int:
+           max_idle: int = WORKFLOW_MAX_IDLE, notify: dict[str, Any] | None = None,
+           groups: Iterable[str] = ()) -> int:
     """Store the workflow and its first jobs in the caller's transaction; returns its id.
-    `done_before` (a re-run): per job, the instances (ranges of indices) that already completed."""
+    `done_before` (a re-run): per job, the instances (ranges of indices) that already completed.
+    `notify`: the workflow's notify_pending and notify_email (gateway/services/notify.py).
+    `groups`: the submitting token's, kept with the workflow and given to each of its jobs."""
     [workflow_id] = _allocate(connection, 1)
     graph = spec.graph()
     done_before = done_before or {}
@@ -118,8 +127,10 @@ def create(connection: Connection, owner: str, spec: WorkflowSpec, now: int, rer
         state[name] = {"created": count, "ok": count, "failed": 0, "skipped": 0, "next": 0, "done": done}
     connection.execute(insert(workflows).values(
         id=workflow_id, owner=owner, name=spec.name, status="idle", status_reason="", spec=spec.to_stored(),
-        state=state, total=sum(graph.totals.values()), in_queue=True, create_time=now, rerun_of=rerun_of))
-    workflow = connection.execute(select(workflows.c.id, workflows.c.owner).where(
+        state=state, total=sum(graph.totals.values()), in_queue=True, create_time=now, rerun_of=rerun_of,
+        owner_groups=list(dict.fromkeys(groups)), **(notify or {})))
+    workflow = connection.execute(select(workflows.c.id, workflows.c.owner, workflows.c.notify_email,
+                                         workflows.c.owner_groups).where(
         workflows.c.id == workflow_id)).one()
     with _specs_lock:
         _specs.setdefault(connection.engine, {})[workflow_id] = spec
@@ -198,9 +209,16 @@ def _advance_one(connection: Connection, workflow_id: int, finished_rows: list[A
                 for name in graph.parents}
     decision = step(graph, progress, max_idle)
     if decision.release:
-        connection.execute(update(jobs).where(
-            jobs.c.workflow_id == workflow.id, jobs.c.wf_job.in_(decision.release), jobs.c.blocked.is_(True),
-            jobs.c.status == JobStatus.IDLE).values(blocked=False, status_reason=StatusReason.WAITING))
+        # maximumTimeInQueue counts from the release: a blocked job's clock has not started (its
+        # queue_deadline is None until now). All instances of a job share its template's policy.
+        limits: dict[int | None, list[str]] = {}
+        for name in decision.release:
+            limits.setdefault(spec.template(name).demand()["queue_limit_s"], []).append(name)
+        for limit, names in limits.items():
+            connection.execute(update(jobs).where(
+                jobs.c.workflow_id == workflow.id, jobs.c.wf_job.in_(names), jobs.c.blocked.is_(True),
+                jobs.c.status == JobStatus.IDLE).values(blocked=False, status_reason=StatusReason.WAITING,
+                                                        queue_deadline=now + limit if limit else None))
     if decision.stop:
         leave = bool(spec.policies and spec.policies.leaveInQueue)
         connection.execute(update(jobs).where(

@@ -20,7 +20,8 @@ from pydantic import BeforeValidator, Field, StrictFloat, StrictInt, StringConst
 
 from schema.dag import Graph, cycle_of
 from schema.jobspec import (
-    IntRange, JobSpec, LabelKey, LabelValue, Name, Placement, _Model, describe_errors,
+    MAX_NOTIFICATIONS, IntRange, JobSpec, LabelKey, LabelValue, Name, Notification, Placement, _Model,
+    describe_errors,
 )
 from schema.errors import InvalidInput
 
@@ -150,9 +151,11 @@ class WorkflowPolicies(_Model):
     placement: Placement | None = None
 
 
-class WorkflowNotification(_Model):
+class WorkflowNotification(Notification):
+    """`workflowFinished` (the reference's only one), by `email` or signed `webhook`, with the
+    rules of a job's notifications (docs/api-decisions.md, Notifications)."""
+
     event: Literal["workflowFinished"]
-    type: Literal["email"]
 
 
 def _distinct(names: list[str]) -> None:
@@ -180,7 +183,7 @@ class WorkflowSpec(_Model):
     dependencies: dict[JobName, list[JobName]] | None = None
     factories: list[Factory] | None = None
     policies: WorkflowPolicies | None = None
-    notifications: list[WorkflowNotification] | None = None
+    notifications: Annotated[list[WorkflowNotification], Field(max_length=MAX_NOTIFICATIONS)] | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> WorkflowSpec:

@@ -17,7 +17,7 @@ from gateway.services.data import resolve_for_job
 from gateway.settings import Settings
 from gateway.storage import ObjectStore, StorageError
 from schema.db import make_engine
-from schema.tables import data_objects, storage_credentials
+from schema.tables import data_objects, jobs, storage_credentials, workflows
 from tests.conftest import REPO, Api, simple_job
 from tests.live import LiveServer
 
@@ -253,6 +253,8 @@ def test_objects_in_jobs(api):
         assert response.status_code == 400 and field in response.json()["error"], response.text
     spec = simple_job(artifacts=[{"url": "data.tgz"}, {"url": "https://example.org/x.tgz"}],
                       tasks=[{"image": "img.tar", "runtime": "podman"}, {"image": "busybox"}])
+    assert upload(api, "data.tgz", b"artifact").status_code == 201
+    assert upload(api, "img.tar", b"image").status_code == 201
     api.submit(spec)
     store = api.client.app.state.store
     resolved, images = resolve_for_job(store, "alice", spec, 3600)
@@ -261,11 +263,161 @@ def test_objects_in_jobs(api):
     assert resolved["artifacts"][1] == {"url": "https://example.org/x.tgz"}
     assert list(images) == ["img.tar"]
     assert urlsplit(images["img.tar"]).path == "/v1/storage/uploads/users/alice/img.tar"
-    assert upload(api, "data.tgz", b"artifact").status_code == 201
     assert api.client.get(local(resolved["artifacts"][0]["url"])).content == b"artifact"  # no token
     # bob's job naming the same object gets bob's (missing) one, never alice's
     other, _ = resolve_for_job(store, "bob", spec, 3600)
     assert api.client.get(local(other["artifacts"][0]["url"])).status_code == 404
+
+
+def refused(response, error: str) -> None:
+    assert response.status_code == 400 and response.json() == {"error": error}, response.text
+
+
+def owner_groups(api: Api, table, row_id: int) -> list[str]:
+    with api.client.app.state.engine.connect() as connection:
+        return connection.execute(select(table.c.owner_groups).where(table.c.id == row_id)).scalar_one()
+
+
+def post(api: Api, path: str, body: dict, user: str = "alice", groups: tuple[str, ...] = ()):
+    return api.client.post("/v1" + path, json=body, headers=api.headers(user, groups=groups))
+
+
+def test_objects_a_job_names_must_exist_at_submission(api):
+    """A missing uploaded object is refused at submission, naming the field, not left to fail at
+    stage-in: for POST /v1/jobs, clone and GraphQL's createJob."""
+    missing_artifact = simple_job(artifacts=[{"url": "https://example.org/x"}, {"url": "data.tgz"}])
+    missing_image = simple_job(tasks=[{"image": "busybox"}, {"image": "img.tar", "runtime": "podman"}])
+    refused(api.request("POST", "/jobs", json=missing_artifact),
+            "Invalid job description: artifacts[1].url: no uploaded object named data.tgz")
+    refused(api.request("POST", "/jobs", json=missing_image),
+            "Invalid job description: tasks[1].image: no uploaded object named img.tar")
+    # bob's objects of those names are not alice's
+    assert upload(api, "data.tgz", b"bob's", user="bob").status_code == 201
+    assert upload(api, "img.tar", b"bob's", user="bob").status_code == 201
+    refused(api.request("POST", "/jobs", json=missing_artifact),
+            "Invalid job description: artifacts[1].url: no uploaded object named data.tgz")
+    assert api.submit(missing_image, user="bob")
+    # once uploaded, accepted; the first missing one is named
+    assert upload(api, "data.tgz", b"alice's").status_code == 201
+    both = simple_job(artifacts=[{"url": "data.tgz"}], tasks=[{"image": "img.tar", "runtime": "podman"}])
+    refused(api.request("POST", "/jobs", json=both), "Invalid job description: tasks[0].image: no uploaded object named "
+                                                     "img.tar")
+    assert upload(api, "img.tar", b"alice's").status_code == 201
+    job_id = api.submit(both)
+    # a clone checks again: the image was deleted meanwhile
+    assert api.client.delete("/v1/data/img.tar", headers=api.headers()).status_code == 204
+    refused(api.request("PUT", f"/jobs/{job_id}/clone"),
+            "Invalid job description: tasks[0].image: no uploaded object named img.tar")
+    response = api.client.post("/graphql", headers=api.headers(), json={
+        "query": "mutation ($input: JSON!) { createJob(input: $input) { id } }", "variables": {"input": both}})
+    [error] = response.json()["errors"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert error["message"] == "Invalid job description: tasks[0].image: no uploaded object named img.tar"
+
+
+def test_group_objects_in_jobs(api):
+    """`<group>/path` names an object of a group area: usable by a job whose submitting token was
+    in that group (the job records the token's groups), refused at submission otherwise; at claim
+    it becomes a signed URL of the group's area, and the job token carries the job's groups."""
+    from tests.test_agent_protocol import add_node, agent, assign
+
+    physics = ("physics",)
+    assert upload(api, "physics/data.tgz", b"shared data", user="carol", groups=physics).status_code == 201
+    assert upload(api, "physics/img/bb.tar", b"shared image", user="carol", groups=physics).status_code == 201
+    spec = simple_job(artifacts=[{"url": "physics/data.tgz", "mountpoint": "data:/mnt/data"}],
+                      tasks=[{"image": "physics/img/bb.tar", "runtime": "podman"}])
+    response = post(api, "/jobs", spec, groups=("chem", "physics"))
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    assert owner_groups(api, jobs, job_id) == ["chem", "physics"]
+    assert owner_groups(api, jobs, api.submit()) == []  # a token without groups
+    # not in the group at submission (another group, or none): refused, naming the field
+    for groups in [("chem",), ()]:
+        refused(post(api, "/jobs", spec, groups=groups),
+                "Invalid job description: artifacts[0].url: physics/data.tgz is in the area of group physics, and "
+                "the submitting token is not in that group")
+    refused(post(api, "/jobs", simple_job(tasks=[{"image": "physics/img/bb.tar", "runtime": "podman"}]), "dave"),
+            "Invalid job description: tasks[0].image: physics/img/bb.tar is in the area of group physics, and the "
+            "submitting token is not in that group")
+    refused(post(api, "/jobs", simple_job(artifacts=[{"url": "physics/nope.tgz"}]), groups=physics),
+            "Invalid job description: artifacts[0].url: no uploaded object named physics/nope.tgz")
+    # an image ending .tar is an uploaded archive, with or without '/' (as the real server's)
+    refused(post(api, "/jobs", simple_job(tasks=[{"image": "docker.io/library/x.tar"}])),
+            "Invalid job description: tasks[0].image: docker.io/library/x.tar is in the area of group docker.io, "
+            "and the submitting token is not in that group")
+    refused(post(api, "/jobs", simple_job(artifacts=[{"url": "s3://bucket/x"}])),
+            "Invalid job description: artifacts[0].url: must be an http(s) URL or the name of an uploaded object "
+            "(data.tgz, <group>/data.tgz)")
+
+    node_id, headers = add_node(api)
+    assert agent(api, "POST", "/register", headers, json={"runtimes": {"podman": "4"}}).status_code == 200
+    assign(api, [job_id], node_id)
+    [claimed] = agent(api, "POST", "/claim?wait=0", headers).json()["jobs"]
+    url = claimed["spec"]["artifacts"][0]["url"]
+    assert urlsplit(url).path == "/v1/storage/uploads/groups/physics/data.tgz"
+    assert claimed["spec"]["artifacts"][0]["mountpoint"] == "data:/mnt/data"
+    assert api.client.get(local(url)).content == b"shared data"  # no token
+    assert list(claimed["images"]) == ["physics/img/bb.tar"]
+    assert api.client.get(local(claimed["images"]["physics/img/bb.tar"])).content == b"shared image"
+    import jwt
+    assert jwt.decode(claimed["token"], options={"verify_signature": False})["groups"] == ["chem", "physics"]
+    # the job's token sees the group's area, as its submitter did
+    listed = api.client.get("/v1/data/physics", headers={"Authorization": f"Bearer {claimed['token']}"})
+    assert [o["name"] for o in listed.json()] == ["physics/data.tgz", "physics/img/bb.tar"]
+    # without the group among the job's, a group name never reaches the group's area
+    store = api.client.app.state.store
+    other, images = resolve_for_job(store, "alice", spec, 3600, ("chem",))
+    assert urlsplit(other["artifacts"][0]["url"]).path == "/v1/storage/uploads/users/alice/physics/data.tgz"
+    assert api.client.get(local(other["artifacts"][0]["url"])).status_code == 404
+    assert api.client.get(local(images["physics/img/bb.tar"])).status_code == 404
+
+
+def test_workflow_jobs_keep_the_submitters_groups_and_name_objects_that_exist(api):
+    """A workflow keeps its submitter's groups and gives them to each of its jobs, also those
+    created later (after a dependency, by a factory, by a re-run: the re-runner's); the objects
+    its jobs name (a factory's parameters substituted) are checked at submission."""
+    from tests.test_workflows import finish, job, wf_jobs
+
+    physics = ("physics",)
+    assert upload(api, "physics/in.tgz", b"in", groups=physics).status_code == 201
+    for i in (1, 2):
+        assert upload(api, f"data_{i}.tgz", b"%d" % i).status_code == 201
+    spec = {"name": "w", "jobs": [job("a", artifacts=[{"url": "physics/in.tgz"}]),
+                                  job("s", "echo $x", artifacts=[{"url": "data_$x.tgz"}, {"url": "physics/in.tgz"}])],
+            "dependencies": {"a": ["s"]}, "factories": [{"type": "parameterSweep", "name": "f", "jobs": ["s"],
+                                                         "parameters": [{"name": "x", "start": 1, "end": 3,
+                                                                         "step": 1}]}]}
+    refused(post(api, "/workflows", spec, groups=physics),
+            "Invalid workflow description: jobs[1].artifacts[0].url (instance 2 of factory f): no uploaded object "
+            "named data_3.tgz")
+    assert upload(api, "data_3.tgz", b"3").status_code == 201
+    refused(post(api, "/workflows", spec, groups=("chem",)),
+            "Invalid workflow description: jobs[0].artifacts[0].url: physics/in.tgz is in the area of group "
+            "physics, and the submitting token is not in that group")
+    refused(post(api, "/workflows", {"name": "x", "jobs": [job("a"), {**job("b"), "tasks": [{"image": "b.tgz"}]}]}),
+            "Invalid workflow description: jobs[1].tasks[0].image: no uploaded object named b.tgz")
+    response = post(api, "/workflows", spec, groups=("physics", "chem"))
+    assert response.status_code == 201, response.text
+    workflow_id = response.json()["id"]
+    assert owner_groups(api, workflows, workflow_id) == ["physics", "chem"]
+    first = wf_jobs(api, workflow_id)
+    assert sorted(first) == ["w/a"] and owner_groups(api, jobs, first["w/a"]["id"]) == ["physics", "chem"]
+    finish(api, first["w/a"]["id"])  # the engine (no token at hand) creates the factory's instances
+    later = wf_jobs(api, workflow_id)
+    assert sorted(later) == ["w/a", "w/s/0", "w/s/1", "w/s/2"]
+    assert all(owner_groups(api, jobs, j["id"]) == ["physics", "chem"] for j in later.values())
+    for name in ("w/s/0", "w/s/1"):
+        finish(api, later[name]["id"])
+    finish(api, later["w/s/2"]["id"], "failed")
+    # a re-run: the re-runner's groups, checked again
+    refused(api.client.put(f"/v1/workflows/{workflow_id}", headers=api.headers()),
+            "Invalid workflow description: jobs[0].artifacts[0].url: physics/in.tgz is in the area of group "
+            "physics, and the submitting token is not in that group")
+    response = api.client.put(f"/v1/workflows/{workflow_id}", headers=api.headers(groups=physics))
+    assert response.status_code == 200, response.text
+    rerun = response.json()["id"]
+    assert owner_groups(api, workflows, rerun) == ["physics"]
+    assert [owner_groups(api, jobs, j["id"]) for j in wf_jobs(api, rerun).values()] == [["physics"]]
 
 
 def test_the_store_follows_no_links(tmp_path):
@@ -436,17 +588,16 @@ def test_uploaded_artifact_and_image_in_a_real_job(tmp_path):
             assert done.returncode == 0, done.stdout + done.stderr
             assert (home / "out.txt").read_text() == "hello from an upload\n"
 
-            # an artifact that is not among the user's objects (bob's, or none): the job fails at stage-in
+            # an artifact that is not among the user's objects (bob's, or none): refused at submission
             bob = server.token("bob")
             bob_home = tmp_path / "bob"
             bob_home.mkdir()
             (bob_home / "mine.txt").write_text("bob's")
             assert prominence(server, bob_home, bob, "upload", "--name", "mine.txt",
                               "--filename", "mine.txt").stdout.strip() == "Success"
-            failed = wait_for(client, submit(client, job(image, {"cmd": "cat mine.txt"},
-                                                         artifacts=[{"url": "mine.txt"}],
-                                                         policies={"maximumRetries": 0})), timeout=120)
-            assert failed["status"] == "failed" and failed["statusReason"] == "Artifact download failed", failed
+            response = client.post("/jobs", json=job(image, {"cmd": "cat mine.txt"}, artifacts=[{"url": "mine.txt"}]))
+            assert response.status_code == 400 and response.json() == {
+                "error": "Invalid job description: artifacts[0].url: no uploaded object named mine.txt"}
     finally:
         next(servers, None)
         subprocess.run(check=False, args=["podman", "rmi", "-f", victim, loaded], env=podman_env(), capture_output=True)

@@ -1,7 +1,8 @@
 """GraphQL subscriptions over graphql-transport-ws, through a real client (gql's websockets
 transport) against a running server: a job's changes while it really runs on the local cloud, its
-stdout as it is written, the caller's jobs through a filter, nodes for admins, and the token rules
-(none, bad, another user's job, expiry during a live subscription, a job token's attempt).
+stdout as it is written, the caller's jobs through a filter, a workflow's state and progress, nodes
+for admins, and the token rules (none, bad, another user's job or workflow, expiry during a live
+subscription, a job token's attempt).
 
 Most tests run on a server without a provisioner and change rows directly in its database, as the
 provisioner in another process would: the server must see those changes too."""
@@ -24,11 +25,13 @@ from gateway.services.jobs import JobService
 from gateway.services.watch import POLL_INTERVAL, Watch
 from gateway.settings import Settings
 from provisioner.drivers.local import LocalNodeDriver
+from schema import workflowrun
 from schema.db import make_engine, upgrade
 from schema.identity import Identity, TokenAuthority
 from schema.jobspec import JobSpec
 from schema.signals import Signal
-from schema.tables import jobs, nodes
+from schema.tables import jobs, nodes, workflows
+from schema.workflowspec import parse_workflow
 from tests.conftest import simple_job
 from tests.images import busybox_image
 from tests.jobs import job
@@ -38,6 +41,8 @@ JOB_UPDATED = "subscription ($id: ID!) { jobUpdated(id: $id) { id status statusR
 JOBS_UPDATED = "subscription ($filter: JobsFilter) { jobsUpdated(filter: $filter) { id status } }"
 JOB_OUTPUT = "subscription ($id: ID!, $stream: OutputStream!) { jobOutput(id: $id, stream: $stream) }"
 NODE_UPDATED = "subscription { nodeUpdated { id name state stateReason address } }"
+WORKFLOW_UPDATED = "subscription ($id: ID!) { workflowUpdated(id: $id) { id status statusReason endTime " \
+                   "progress { total done failed queued waiting } } }"
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +304,178 @@ async def test_the_watcher_polls_once_for_all_subscribers_and_only_while_there_a
     finally:
         await watch.stop()
         engine.dispose()
+
+
+# -- workflows -------------------------------------------------------------------------------------
+
+def chain(name: str = "chain") -> dict:
+    """a, then b: b waits (blocked) until a completed."""
+    return {"name": name, "jobs": [simple_job(name="a"), simple_job(name="b")], "dependencies": {"a": ["b"]}}
+
+
+def submit_workflow(server: LiveServer, token: str, spec: dict) -> tuple[int, dict[str, int]]:
+    headers = {"Authorization": f"Bearer {token}"}
+    response = httpx.post(f"{server.url}/v1/workflows", json=spec, headers=headers)
+    assert response.status_code == 201, response.text
+    workflow_id = response.json()["id"]
+    listed = httpx.get(f"{server.url}/v1/jobs", params={"workflow": "true", "id": workflow_id}, headers=headers)
+    return workflow_id, {j["name"].rsplit("/", 1)[1]: j["id"] for j in listed.json()}
+
+
+def run_job(database, job_id: int, status: str, exit_code: int = 0) -> None:
+    """What an agent's reports do to a workflow's job, then the engine's step (the provisioner's tick)."""
+    now = int(time.time())
+    values = {"status": status, "attempt": 1, "start_time": now}
+    if status != "running":
+        values.update(end_time=now, in_queue=False, execution={"tasks": [{"exitCode": exit_code}]})
+    change(database, jobs, job_id, **values)
+    workflowrun.advance(database, now)
+
+
+async def until(events, done, key: str = "workflowUpdated") -> list[dict]:
+    """Events until one for which `done` holds (the watcher may show a state in between)."""
+    seen = []
+    while not seen or not done(seen[-1]):
+        seen.append((await next_event(events))[key])
+    return seen
+
+
+@pytest.mark.anyio
+async def test_a_workflow_pushes_its_state_and_progress_until_it_finishes(server, tokens, database):
+    token = tokens.issue("henry")
+    workflow_id, ids = submit_workflow(server, token, chain())
+    async with subscribed(server, token, WORKFLOW_UPDATED, in_payload=True, id=str(workflow_id)) as events:
+        first = (await next_event(events))["workflowUpdated"]
+        assert first == {"id": str(workflow_id), "status": "idle", "statusReason": None, "endTime": None,
+                         "progress": {"total": 2, "done": 0, "failed": 0, "queued": 1, "waiting": 1}}
+        run_job(database, ids["a"], "running")
+        seen = await until(events, lambda w: w["status"] == "running")
+        assert seen[-1]["progress"] == {"total": 2, "done": 0, "failed": 0, "queued": 1, "waiting": 1}
+        run_job(database, ids["a"], "completed")  # b is released: queued again
+        seen = await until(events, lambda w: w["progress"]["done"] == 1 and w["progress"]["queued"] == 1)
+        assert seen[-1]["status"] == "running"
+        run_job(database, ids["b"], "completed", exit_code=0)
+        seen = await until(events, lambda w: w["status"] != "running")
+        assert seen[-1]["status"] == "completed" and seen[-1]["endTime"] is not None
+        assert seen[-1]["progress"] == {"total": 2, "done": 2, "failed": 0, "queued": 0, "waiting": 0}
+        assert await ended(events), "the subscription goes on after the workflow has finished"
+    # A finished workflow: its state once, then the end.
+    async with subscribed(server, token, WORKFLOW_UPDATED, id=str(workflow_id)) as events:
+        assert (await next_event(events))["workflowUpdated"]["status"] == "completed"
+        assert await ended(events)
+
+
+@pytest.mark.anyio
+async def test_a_failed_or_deleted_workflow_ends_its_subscription(server, tokens, database):
+    token = tokens.issue("iris")
+    failing, ids = submit_workflow(server, token, chain("failing"))
+    deleted, _ = submit_workflow(server, token, chain("deleted"))
+    async with subscribed(server, token, WORKFLOW_UPDATED, id=str(failing)) as events:
+        assert (await next_event(events))["workflowUpdated"]["status"] == "idle"
+        run_job(database, ids["a"], "completed", exit_code=1)  # b never runs
+        seen = await until(events, lambda w: w["status"] not in ("idle", "running"))
+        assert seen[-1]["status"] == "failed" and seen[-1]["progress"]["failed"] == 1
+        assert await ended(events)
+    async with subscribed(server, token, WORKFLOW_UPDATED, id=str(deleted)) as events:
+        assert (await next_event(events))["workflowUpdated"]["status"] == "idle"
+        response = await asyncio.to_thread(httpx.delete, f"{server.url}/v1/workflows/{deleted}",
+                                           headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+        last = (await next_event(events))["workflowUpdated"]
+        assert last["status"] == "deleted" and last["statusReason"] == "Workflow deleted by user"
+        assert last["progress"]["queued"] == 0
+        assert await ended(events)
+
+
+@pytest.mark.anyio
+async def test_workflow_subscriptions_follow_the_token_rules(server, tokens, database):
+    judy = tokens.issue("judy")
+    workflow_id, ids = submit_workflow(server, judy, chain())
+    assert await error_code(server, tokens.issue("bob"), WORKFLOW_UPDATED, id=str(workflow_id)) == "NOT_FOUND"
+    assert await error_code(server, judy, WORKFLOW_UPDATED, id=str(ids["a"])) == "NOT_FOUND"  # a job's id
+    assert await error_code(server, judy, WORKFLOW_UPDATED, id="999999999") == "NOT_FOUND"
+    assert await error_code(server, judy, WORKFLOW_UPDATED, id="w1") == "BAD_USER_INPUT"
+    for token in (None, "not-a-token", tokens.issue("judy", days=-1)):
+        assert await error_code(server, token, WORKFLOW_UPDATED, id=str(workflow_id)) == "UNAUTHENTICATED"
+    # A token that expires during the subscription ends it, changes or not.
+    started = time.monotonic()
+    with pytest.raises(TransportQueryError) as raised:
+        async with subscribed(server, tokens.issue("judy", days=3 / 86400), WORKFLOW_UPDATED,
+                              id=str(workflow_id)) as events:
+            assert (await next_event(events))["workflowUpdated"]["status"] == "idle"
+            await next_event(events, timeout=10)
+    assert raised.value.errors[0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert "expired" in raised.value.errors[0]["message"]
+    assert time.monotonic() - started < 5
+    # A job token holds while its job runs that attempt.
+    running = submit(server, judy)
+    change(database, jobs, running, status="running", attempt=1)
+    job_token = tokens.issue_job_token(running, 1, "judy", (), 3600)
+    with pytest.raises(TransportQueryError) as raised:
+        async with subscribed(server, job_token, WORKFLOW_UPDATED, id=str(workflow_id)) as events:
+            assert (await next_event(events))["workflowUpdated"]["status"] == "idle"
+            change(database, jobs, running, status="completed", end_time=int(time.time()))
+            await next_event(events)
+    assert raised.value.errors[0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.anyio
+async def test_the_watcher_polls_workflows_once_for_all_their_subscribers(tmp_path):
+    """One SQL statement a poll for every workflow subscriber; a change's rows read once for all
+    (the changes are made through another engine, as by another process, so only the watcher's
+    statements are counted)."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine, elsewhere = make_engine(url), make_engine(url)
+    upgrade(engine)
+    service = JobService(engine, JobInserter(engine), tmp_path, Signal())
+    watch = Watch(engine, service, CloudService(engine, None), tmp_path)
+    with elsewhere.begin() as connection:
+        workflow_id = workflowrun.create(connection, "alice", parse_workflow(chain()), int(time.time()))
+        other = workflowrun.create(connection, "bob", parse_workflow(chain()), int(time.time()))
+    with elsewhere.connect() as connection:
+        first_job = {row.wf_job: row.id for row in connection.execute(
+            jobs.select().where(jobs.c.workflow_id == workflow_id))}["a"]
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: statements.append(statement) if statement != "BEGIN" else None)
+    watch.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            feeds = [stack.enter_context(watch.workflows("alice", {workflow_id})) for _ in range(200)]
+            intruder = stack.enter_context(watch.workflows("mallory", {workflow_id, other}))
+            for feed in feeds:
+                [record] = await asyncio.wait_for(feed.take(), 5)
+                assert (record.row.id, record.row.status, record.progress["queued"]) == (workflow_id, "idle", 1)
+            statements.clear()
+            await asyncio.sleep(1)
+            assert 0 < len(statements) <= 1 / POLL_INTERVAL + 1, statements
+            assert all("FROM workflows" in statement for statement in statements)
+
+            statements.clear()
+            with elsewhere.begin() as connection:  # a starts: the workflow is running, its progress as it was
+                connection.execute(update(jobs).where(jobs.c.id == first_job).values(status="running", attempt=1))
+            workflowrun.advance(elsewhere, int(time.time()))
+            for feed in feeds:
+                assert [r.row.status for r in await asyncio.wait_for(feed.take(), 5)] == ["running"]
+            with elsewhere.begin() as connection:
+                connection.execute(update(workflows).where(workflows.c.id == workflow_id).values(
+                    status="deleted", end_time=int(time.time())))
+                workflowrun.stop_jobs(connection, workflow_id, int(time.time()))
+            for feed in feeds:
+                [record] = await asyncio.wait_for(feed.take(), 5)
+                assert (record.row.status, record.progress["queued"]) == ("deleted", 0)
+            # Each change's rows read once for all 200 (the workflow's row, then its jobs' counts).
+            assert sum("workflows.spec" in statement for statement in statements) == 2, statements
+            with pytest.raises(TimeoutError):
+                await intruder.take(0.5)  # another user's workflows: never
+        await asyncio.sleep(2 * POLL_INTERVAL)
+        statements.clear()
+        await asyncio.sleep(3 * POLL_INTERVAL)
+        assert statements == []
+    finally:
+        await watch.stop()
+        engine.dispose()
+        elsewhere.dispose()
 
 
 # -- jobs that really run on the local cloud -------------------------------------------------------

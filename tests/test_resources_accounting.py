@@ -19,6 +19,10 @@ is [T0, T0 + 48 h)):
 - carol J8: deleted before it started (no start): not counted; J9: idle, given to N2: no spend
 alice: 2 jobs, cpu 1.7, wall 9, spend 1.6; bob: 3 jobs, cpu 10, wall 17.1667, spend 4.1;
 all nodes 10.4, attributed 5.7, idle 4.7.
+
+The groups the jobs were submitted with (jobs.owner_groups): J1 physics; J2 physics and chem; J3
+physics; J4 physics; J7 chem; the others none. physics: J1, J2, J3 (3 jobs, cpu 11.7, wall 25;
+spend 0.8 + 0.8 + 3.2 + J4's 0.9 = 5.7); chem: J2, J7 (2 jobs, cpu 0.2, wall 5, spend 0.8).
 """
 import calendar
 import datetime as dt
@@ -30,8 +34,6 @@ import pytest
 from gql.transport.exceptions import TransportQueryError
 from sqlalchemy import insert
 
-from gateway.rest.resources import BY_GROUP_UNAVAILABLE
-from gateway.services.accounting import ALL_USERS_FORBIDDEN
 from gateway.services.clouds import CloudService
 from schema.credentials import CredentialBox
 from schema.db import make_engine
@@ -55,14 +57,16 @@ def add_node(engine, cloud: str, state: str = "ready", **values) -> int:
 
 
 def add_job(engine, owner: str, status: str, cpus: int = 1, memory_mb: int = 1000, node_id: int | None = None,
-            start: float | None = None, end: float | None = None, tasks: list | None = None) -> int:
+            start: float | None = None, end: float | None = None, tasks: list | None = None,
+            groups: list[str] | None = None) -> int:
     job_id = next(_ids)
     row = {"id": job_id, "owner": owner, "name": "", "status": status, "status_reason": "",
            "spec": {"resources": {"cpus": cpus, "memory": 1}, "tasks": [{"image": "busybox"}]},
            "workflow_id": None, "in_queue": status in ("idle", "running"), "create_time": int(start or T0) - 60,
            "start_time": None if start is None else int(start), "end_time": None if end is None else int(end),
            "execution": {} if tasks is None else {"tasks": tasks}, "node_id": node_id, "attempt": 1, "retries": 0,
-           "priority": 0, "cpus": cpus, "memory_mb": memory_mb, "disk_gb": 10, "nodes": 1, "autoscale": True}
+           "priority": 0, "cpus": cpus, "memory_mb": memory_mb, "disk_gb": 10, "nodes": 1, "autoscale": True,
+           **({} if groups is None else {"owner_groups": groups})}
     with engine.begin() as connection:
         connection.execute(insert(jobs).values(**row))
     return job_id
@@ -79,14 +83,17 @@ def accounting_data(engine) -> None:
     n2 = add_node(engine, "aws", "ready", cpus=2, memory_mb=4096, price=0.3, created_at=T0 + 40 * H)
     n0 = add_node(engine, "aws", "deleted", price=5.0, created_at=T0 - 10 * 24 * H, ended_at=T0 - 9 * 24 * H)
     add_job(engine, "alice", "completed", 2, node_id=n1, start=T0 - 1800, end=T0 + 2 * H,
-            tasks=[{"cpuTimeUsage": 3600, "exitCode": 0}, {"cpuTimeUsage": 1800.0}])
+            tasks=[{"cpuTimeUsage": 3600, "exitCode": 0}, {"cpuTimeUsage": 1800.0}], groups=["physics"])
     add_job(engine, "alice", "failed", 1, node_id=n1, start=T0 + H, end=T0 + 5 * H,
-            tasks=[{"cpuTimeUsage": 720}, {"exitCode": 1}, {"cpuTimeUsage": "12"}, "junk", 7])
-    add_job(engine, "bob", "killed", 4, node_id=n1, start=T0 + 6 * H, end=T0 + 10 * H, tasks=[{"cpuTimeUsage": 36000}])
-    add_job(engine, "bob", "running", 1, node_id=n2, start=T0 + 42 * H)
+            tasks=[{"cpuTimeUsage": 720}, {"exitCode": 1}, {"cpuTimeUsage": "12"}, "junk", 7],
+            groups=["physics", "chem"])
+    add_job(engine, "bob", "killed", 4, node_id=n1, start=T0 + 6 * H, end=T0 + 10 * H, tasks=[{"cpuTimeUsage": 36000}],
+            groups=["physics"])
+    add_job(engine, "bob", "running", 1, node_id=n2, start=T0 + 42 * H, groups=["physics"])
     add_job(engine, "bob", "completed", 1, start=T0 - 600, end=T0)
-    add_job(engine, "bob", "completed", 1, start=T0 + 47 * H, end=T0 + 48 * H, tasks=[{"cpuTimeUsage": 99999}])
-    add_job(engine, "bob", "completed", 1, start=T0 + 48 * H - 1 - H, end=T0 + 48 * H - 1)
+    add_job(engine, "bob", "completed", 1, start=T0 + 47 * H, end=T0 + 48 * H, tasks=[{"cpuTimeUsage": 99999}],
+            groups=["physics"])
+    add_job(engine, "bob", "completed", 1, start=T0 + 48 * H - 1 - H, end=T0 + 48 * H - 1, groups=["chem"])
     add_job(engine, "carol", "deleted", 1, end=T0 + H)
     add_job(engine, "carol", "idle", 1, node_id=n2)
     add_job(engine, "erin", "completed", 1, node_id=n0, start=T0 - 10 * 24 * H, end=T0 - 9 * 24 * H - 60)
@@ -95,14 +102,16 @@ def accounting_data(engine) -> None:
 ALICE = {"numberOfJobs": 2, "cpuTime": 1.7, "wallTime": 9.0, "cloudSpend": 1.6}
 BOB = {"numberOfJobs": 3, "cpuTime": 10.0, "wallTime": 17.166667, "cloudSpend": 4.1}
 ZERO = {"numberOfJobs": 0, "cpuTime": 0.0, "wallTime": 0.0, "cloudSpend": 0.0}
+PHYSICS = {"numberOfJobs": 3, "cpuTime": 11.7, "wallTime": 25.0, "cloudSpend": 5.7}
+CHEM = {"numberOfJobs": 2, "cpuTime": 0.2, "wallTime": 5.0, "cloudSpend": 0.8}
 
 
 def engine_of(api):
     return api.client.app.state.engine
 
 
-def usage(api, user="alice", admin=False, **params):
-    response = api.client.get("/v1/accounting", params=params, headers=api.headers(user, admin=admin))
+def usage(api, user="alice", admin=False, groups=(), **params):
+    response = api.client.get("/v1/accounting", params=params, headers=api.headers(user, admin=admin, groups=groups))
     assert response.status_code == 200, response.text
     return response.json()["usage"]
 
@@ -193,12 +202,50 @@ def test_accounting_window_edges(api):
 def test_accounting_permissions(api):
     accounting_data(engine_of(api))
     window = {"start": "2024-03-01", "end": "2024-03-02"}
-    refused = api.client.get("/v1/accounting", params={**window, "show_all_users": "true"},
-                             headers=api.headers("alice"))
-    assert refused.status_code == 403 and refused.json() == {"error": ALL_USERS_FORBIDDEN}
     assert api.client.get("/v1/accounting", params=window).status_code == 401
-    grouped = api.client.get("/v1/accounting", params={**window, "by_group": "true"}, headers=api.headers("alice"))
-    assert grouped.status_code == 400 and grouped.json() == {"error": BY_GROUP_UNAVAILABLE}
+    # Without groups, "all users in the group" is the caller alone; nobody else's jobs are shown.
+    assert usage(api, "alice", show_all_users="true", **window) == approx({"users": {"alice": ALICE}})
+    assert usage(api, "alice", by_group="true", **window) == approx({"users": {"alice": ALICE}, "groups": {}})
+    assert usage(api, "alice", by_group="false", **window) == approx({"users": {"alice": ALICE}})
+    # A token's groups give nothing of a group it does not hold, whatever the others ran in it.
+    assert usage(api, "erin", groups=("bio",), show_all_users="true", by_group="true", **window) == {
+        "users": {"erin": ZERO}, "groups": {"bio": ZERO}}
+
+
+def test_accounting_by_group(api):
+    """A job counts in each group it was submitted with, whoever's; a member's `show_all_users`
+    shows the users whose jobs were submitted with one of the caller's groups, those jobs only."""
+    accounting_data(engine_of(api))
+    window = {"start": "2024-03-01", "end": "2024-03-02"}
+    # carol ran nothing; her groups' usage is their members' jobs.
+    assert usage(api, "carol", groups=("physics",), by_group="true", **window) == approx(
+        {"users": {"carol": ZERO}, "groups": {"physics": PHYSICS}})
+    assert usage(api, "carol", groups=("physics", "chem", "physics"), by_group="true", **window) == approx(
+        {"users": {"carol": ZERO}, "groups": {"chem": CHEM, "physics": PHYSICS}})
+    # The members of alice's groups: bob's jobs in physics (J3; J4's spend), or in chem (J7), only;
+    # alice's own entry is all of hers.
+    in_physics = usage(api, "alice", groups=("physics",), show_all_users="true", **window)
+    assert in_physics == approx({"users": {"alice": ALICE, "bob": {"numberOfJobs": 1, "cpuTime": 10.0,
+                                                                  "wallTime": 16.0, "cloudSpend": 4.1}}})
+    in_chem = usage(api, "alice", groups=("chem",), show_all_users="true", by_group="true", **window)
+    assert in_chem == approx({"users": {"alice": ALICE, "bob": {"numberOfJobs": 1, "cpuTime": 0.0, "wallTime": 1.0,
+                                                               "cloudSpend": 0.0}},
+                              "groups": {"chem": CHEM}})
+    assert "spend" not in in_chem  # all nodes' spend: admins only
+    both = usage(api, "carol", groups=("physics", "chem"), show_all_users="true", **window)
+    assert both == approx({"users": {"alice": ALICE, "bob": {"numberOfJobs": 2, "cpuTime": 10.0, "wallTime": 17.0,
+                                                             "cloudSpend": 4.1}, "carol": ZERO}})
+    # An admin: every group with jobs in the window (with all users), else the admin's own groups.
+    everything = usage(api, "dave", admin=True, groups=("bio",), show_all_users="true", by_group="true", **window)
+    assert everything["users"] == approx({"alice": ALICE, "bob": BOB})
+    assert everything["groups"] == approx({"chem": CHEM, "physics": PHYSICS})
+    assert everything["spend"] == pytest.approx({"total": 10.4, "attributed": 5.7, "idle": 4.7}, abs=1e-5)
+    assert usage(api, "dave", admin=True, groups=("bio",), by_group="true", **window) == {
+        "users": {"dave": ZERO}, "groups": {"bio": ZERO}}
+    # The window applies: the second day has J7 (chem) and J4's spend (physics) only.
+    day2 = usage(api, "dave", admin=True, show_all_users="true", by_group="true", start="2024-03-02", end="2024-03-02")
+    assert day2["groups"] == approx({"chem": {"numberOfJobs": 1, "cpuTime": 0.0, "wallTime": 1.0, "cloudSpend": 0.0},
+                                     "physics": {**ZERO, "cloudSpend": 0.9}})
 
 
 @pytest.mark.parametrize("params, message", [
@@ -238,6 +285,9 @@ def live(tmp_path, database_url):
 ACCOUNTING = """query ($start: Date!, $end: Date!, $all: Boolean!) {
     accounting(start: $start, end: $end, allUsers: $all) {
         start end users { user numberOfJobs cpuTime wallTime cloudSpend } spend { total attributed idle } } }"""
+BY_GROUP = """query ($start: Date!, $end: Date!, $all: Boolean!) {
+    accounting(start: $start, end: $end, allUsers: $all, byGroup: true) {
+        users { user numberOfJobs } groups { group numberOfJobs cpuTime wallTime cloudSpend } spend { total } } }"""
 RESOURCES = """{ resources { existing { site nodes capacity { cpus memory } free { cpus memory } }
                              potential { cloud site instances cpus memory } } }"""
 
@@ -268,7 +318,19 @@ def test_graphql_resources_and_accounting(live, tmp_path):
         [problem] = raised.value.errors
         return problem.get("extensions", {}).get("code"), problem["message"]
 
-    assert error(ACCOUNTING, start="2024-03-01", end="2024-03-02", all=True) == ("FORBIDDEN", ALL_USERS_FORBIDDEN)
+    # allUsers for a member of no group: the caller alone, without the nodes' spend
+    alone = alice.execute(request(ACCOUNTING, start="2024-03-01", end="2024-03-02", all=True))["accounting"]
+    assert alone["users"] == [{"user": "alice", **approx({"a": ALICE})["a"]}] and alone["spend"] is None
+    carol = client(server, server.token("carol", "--group", "physics", "--group", "chem"))
+    grouped = carol.execute(request(BY_GROUP, start="2024-03-01", end="2024-03-02", all=True))["accounting"]
+    assert grouped["users"] == [{"user": "alice", "numberOfJobs": 2}, {"user": "bob", "numberOfJobs": 2},
+                                {"user": "carol", "numberOfJobs": 0}]
+    assert grouped["groups"] == [{"group": "chem", **approx({"c": CHEM})["c"]},
+                                 {"group": "physics", **approx({"p": PHYSICS})["p"]}] and grouped["spend"] is None
+    assert alice.execute(request(BY_GROUP, start="2024-03-01", end="2024-03-02", all=False))["accounting"][
+        "groups"] == []
+    every = admin.execute(request(BY_GROUP, start="2024-03-01", end="2024-03-02", all=True))["accounting"]
+    assert [g["group"] for g in every["groups"]] == ["chem", "physics"] and every["spend"] is not None
     assert error(ACCOUNTING, start="2024-03-02", end="2024-03-01", all=False) == (
         "BAD_USER_INPUT", "end must not be before start")
     for bad in ("2024-02-30", "2024-03-01\x00", "yesterday", ""):  # the Date scalar refuses them
@@ -277,10 +339,12 @@ def test_graphql_resources_and_accounting(live, tmp_path):
     assert error(RESOURCES, who=client(server, None))[0] == "UNAUTHENTICATED"
 
 
-def run_cli(server, user: str, *args: str, admin: bool = False, home=None) -> subprocess.CompletedProcess:
+def run_cli(server, user: str, *args: str, admin: bool = False, home=None,
+            groups: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     cli = Cli(server, home, user)
-    if admin:
-        cli.env["PROMINENCE_TOKEN"] = server.token(user, "--admin")
+    if admin or groups:
+        cli.env["PROMINENCE_TOKEN"] = server.token(user, *(["--admin"] if admin else []),
+                                                   *(f for g in groups for f in ("--group", g)))
     return subprocess.run([str(PROMINENCE), *args], env=cli.env, capture_output=True, text=True, timeout=60,
                           cwd=REPO, check=False)
 
@@ -310,10 +374,62 @@ def test_the_cli_resources_and_usage(live, tmp_path):
         "bob", "   Number of jobs             3", "   CPU time (CPU hours)       10",
         "   Wall time (CPU hours)      17"]
 
-    refusals = ((("--all", "2024-03-01", "2024-03-02"), ALL_USERS_FORBIDDEN),
-                (("--group", "2024-03-01", "2024-03-02"), BY_GROUP_UNAVAILABLE),
-                (("2024-03-02", "2024-03-01"), "end must not be before start"),
+    # `usage --group` (by_group=true): the caller's groups after the users; `--all`: the members of
+    # the caller's groups, their jobs in them.
+    grouped = run_cli(server, "carol", "usage", "--group", "2024-03-01", "2024-03-02", home=home,
+                      groups=("physics", "chem"))
+    assert grouped.returncode == 0, grouped.stdout + grouped.stderr
+    assert grouped.stdout.splitlines() == [
+        "carol", "   Number of jobs             0", "   CPU time (CPU hours)       0",
+        "   Wall time (CPU hours)      0",
+        "chem", "   Number of jobs             2", "   CPU time (CPU hours)       0",
+        "   Wall time (CPU hours)      5",
+        "physics", "   Number of jobs             3", "   CPU time (CPU hours)       11",
+        "   Wall time (CPU hours)      25"]
+    members = run_cli(server, "alice", "usage", "--all", "--group", "2024-03-01", "2024-03-02", home=home,
+                      groups=("chem",))
+    assert members.returncode == 0, members.stdout + members.stderr
+    assert members.stdout.splitlines() == [
+        "alice", "   Number of jobs             2", "   CPU time (CPU hours)       1",
+        "   Wall time (CPU hours)      9",
+        "bob", "   Number of jobs             1", "   CPU time (CPU hours)       0",
+        "   Wall time (CPU hours)      1",
+        "chem", "   Number of jobs             2", "   CPU time (CPU hours)       0",
+        "   Wall time (CPU hours)      5"]
+    alone = run_cli(server, "alice", "usage", "--all", "2024-03-01", "2024-03-02", home=home)
+    assert alone.returncode == 0 and alone.stdout.splitlines() == mine.stdout.splitlines(), alone.stdout
+
+    refusals = ((("2024-03-02", "2024-03-01"), "end must not be before start"),
                 (("yesterday", "2024-03-01"), "start must be a date in the form YYYY-MM-DD"))
     for args, message in refusals:
         refused = run_cli(server, "alice", "usage", *args, home=home)
         assert refused.returncode == 1 and refused.stdout.strip() == f"Error: {message}", refused.stdout
+
+
+def test_rows_from_before_have_no_groups(database_url):
+    """Migration 0010: jobs and workflows stored before it record no groups (an empty list: they
+    count in no group, and may name no group's objects); jobs(end_time) is indexed."""
+    import sqlalchemy as sa
+
+    from schema.db import upgrade
+    from tests.test_migrations import upgrade_to
+
+    engine = make_engine(database_url)
+    try:
+        upgrade_to(engine, "0009")
+        metadata = sa.MetaData()
+        metadata.reflect(engine)
+        with engine.begin() as connection:
+            connection.execute(metadata.tables["jobs"].insert().values(
+                id=1, owner="alice", name="", status="completed", status_reason="", spec={"tasks": []},
+                in_queue=False, create_time=T0, start_time=T0, end_time=T0 + H, execution={}))
+            connection.execute(metadata.tables["workflows"].insert().values(
+                id=2, owner="alice", name="", status="completed", status_reason="", spec={"jobs": []}, state={},
+                total=0, in_queue=False, create_time=T0))
+        upgrade(engine)
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(jobs.c.owner_groups)).scalars().all() == [[]]
+            assert connection.execute(sa.text("SELECT owner_groups FROM workflows")).scalar_one() in ([], "[]")
+        assert "ix_jobs_end_time" in {index["name"] for index in sa.inspect(engine).get_indexes("jobs")}
+    finally:
+        engine.dispose()

@@ -134,6 +134,100 @@ def test_a_failure_stops_the_descendants_and_rerun_runs_only_what_failed(api):
     assert "not in a suitable state" in response.json()["error"]
 
 
+def queue_deadline(api, job_id: int) -> int | None:
+    with engine(api).connect() as connection:
+        return connection.execute(select(jobs.c.queue_deadline).where(jobs.c.id == job_id)).scalar_one()
+
+
+def test_maximum_time_in_queue_starts_when_a_blocked_job_is_released(api):
+    """A job waiting for its dependencies is not queued yet: its maximumTimeInQueue counts from
+    its release, and the provisioner's expiry (`_expire_queued`) leaves it alone until then."""
+    from gateway.app import build_provisioner
+    from schema.credentials import CredentialBox
+    from schema.identity import TokenAuthority
+    from schema.signals import Signal
+    spec = {"name": "queued", "jobs": [job("a"), job("b", policies={"maximumTimeInQueue": 2}),
+                                       job("f", policies={"maximumTimeInQueue": 2})],
+            "dependencies": {"a": ["b", "f"]},
+            "factories": [{"type": "repeat", "name": "r", "jobs": ["f"], "number": 2}]}
+    workflow_id = submit(api, spec)
+    ids = {name.split("/", 1)[1]: j["id"] for name, j in wf_jobs(api, workflow_id).items()}
+    assert sorted(ids) == ["a", "b"]  # f's instances are made when they may run
+    assert queue_deadline(api, ids["b"]) is None  # blocked: its clock has not started
+    provisioner = build_provisioner(api.settings, engine(api), TokenAuthority(api.settings.secret),
+                                    CredentialBox.for_data_dir(api.settings.data_dir), Signal(), Signal())
+    try:
+        provisioner._expire_queued(time.time() + 86400)  # a day later, b still waits for a
+        assert wf_jobs(api, workflow_id)["queued/b"]["status"] == "idle"
+        released_at = int(time.time())
+        finish(api, ids["a"])
+        listed = wf_jobs(api, workflow_id)
+        assert listed["queued/b"]["statusReason"] == "Waiting for resources"
+        deadline = queue_deadline(api, ids["b"])
+        assert released_at + 120 <= deadline <= int(time.time()) + 120
+        for instance in ("queued/f/0", "queued/f/1"):  # created at the release: the same clock
+            assert released_at + 120 <= queue_deadline(api, listed[instance]["id"]) <= int(time.time()) + 120
+        provisioner._expire_queued(deadline - 1)
+        assert wf_jobs(api, workflow_id)["queued/b"]["status"] == "idle"
+        provisioner._expire_queued(deadline)
+        advance(api)
+    finally:
+        provisioner.stop()
+    listed = wf_jobs(api, workflow_id)
+    assert listed["queued/b"]["status"] == "failed"
+    assert listed["queued/b"]["statusReason"] == "Maximum time queued was exceeded"
+    assert workflow(api, workflow_id)["status"] == "failed"
+
+
+def fail_idle_jobs(api, workflow_id: int) -> None:
+    for listed in wf_jobs(api, workflow_id).values():
+        if listed["status"] == "idle":
+            finish(api, listed["id"], "failed")
+
+
+def test_maximum_reruns_counts_the_reruns_along_the_chain(api):
+    spec = {"name": "flaky", "jobs": [job("a"), job("b")], "dependencies": {"a": ["b"]},
+            "policies": {"maximumReruns": 2}}
+    original = submit(api, spec)
+    fail_idle_jobs(api, original)
+    assert workflow(api, original)["status"] == "failed"
+    response = api.request("PUT", f"/workflows/{original}")
+    assert response.status_code == 200, response.text
+    first = response.json()["id"]
+    fail_idle_jobs(api, first)
+    response = api.request("PUT", f"/workflows/{first}")  # a re-run of a re-run: the second
+    assert response.status_code == 200, response.text
+    second = response.json()["id"]
+    fail_idle_jobs(api, second)
+    assert workflow(api, second)["status"] == "failed"
+    stored = len(api.request("GET", "/workflows?all=true").json())
+    for refused in (second, first, original):  # the third re-run, whichever workflow of the chain it starts from
+        response = api.request("PUT", f"/workflows/{refused}")
+        assert response.status_code == 400, response.text
+        assert response.json() == {"error": f"Unable to re-run workflow {refused}: its policy maximumReruns allows "
+                                            f"2 re-runs of workflow {original} (re-runs of re-runs included), and "
+                                            f"it has had 2"}
+    assert len(api.request("GET", "/workflows?all=true").json()) == stored  # nothing stored
+    # GraphQL's rerunWorkflow goes through the same rule.
+    refused = graphql(api, f'mutation {{ rerunWorkflow(id: "{second}") {{ id }} }}')
+    assert refused["errors"][0]["extensions"]["code"] == "INVALID_STATE"
+    assert "maximumReruns" in refused["errors"][0]["message"]
+    # Two re-runs of the same workflow count as two; a clone starts afresh.
+    again = submit(api, {**spec, "policies": {"maximumReruns": 1}})
+    fail_idle_jobs(api, again)
+    assert api.request("PUT", f"/workflows/{again}").status_code == 200
+    response = api.request("PUT", f"/workflows/{again}")
+    assert response.status_code == 400 and "allows 1 re-run of" in response.json()["error"]
+    clone = api.request("PUT", f"/workflows/{again}/clone").json()["id"]
+    fail_idle_jobs(api, clone)
+    assert api.request("PUT", f"/workflows/{clone}").status_code == 200
+    # 0: never re-run; no policy: no limit (the tests above re-run freely).
+    never = submit(api, {**spec, "policies": {"maximumReruns": 0}})
+    fail_idle_jobs(api, never)
+    response = api.request("PUT", f"/workflows/{never}")
+    assert response.status_code == 400 and "allows 0 re-runs" in response.json()["error"]
+
+
 def test_a_sweep_of_100000_points_does_not_flood_the_queue(api):
     started = time.monotonic()
     workflow_id = submit(api, sweep(100_000))

@@ -1,14 +1,15 @@
 """Subscriptions over graphql-transport-ws (docs/graphql.md, "Subscriptions"): one job's changes,
-the changes of the caller's jobs a filter selects, a job's stdout or stderr as it is written, and
-(admins only) the nodes' changes. The server's watcher (gateway/services/watch.py) finds the
-changes. A subscription holds only while its token does: it ends with UNAUTHENTICATED when the
-token expires, or (a job token) when that job's attempt is over."""
+the changes of the caller's jobs a filter selects, a job's stdout or stderr as it is written, one
+workflow's changes (status and progress), and (admins only) the nodes' changes. The server's
+watcher (gateway/services/watch.py) finds the changes. A subscription holds only while its token
+does: it ends with UNAUTHENTICATED when the token expires, or (a job token) when that job's attempt
+is over."""
 from __future__ import annotations
 
 import codecs
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -18,7 +19,9 @@ import strawberry
 from gateway.graphql.context import authorization, services
 from gateway.graphql.jobs import Job, JobsFilter, job_id
 from gateway.graphql.nodes import Node
+from gateway.graphql.workflows import Workflow, workflow_id
 from gateway.services.watch import POLL_INTERVAL, Feed, selects
+from gateway.services.workflows import FINISHED, WorkflowNotFound, WorkflowRecord
 from schema.enums import TERMINAL
 from schema.errors import Forbidden, Unauthenticated
 from schema.identity import Identity
@@ -55,6 +58,14 @@ class _Session:
             ids = ids | {self.who.job_id}
         return self.state.watch.jobs(self.who.username, ids)
 
+    @contextlib.contextmanager
+    def workflows(self, ids: set[int]) -> Iterator[Feed]:
+        """The feed of the caller's workflows `ids`; with a job token, its job's changes come on
+        the same feed (job and workflow ids never collide), so that take() sees its attempt end."""
+        with contextlib.ExitStack() as stack:
+            feed = stack.enter_context(self.jobs(set())) if self.who.job_id is not None else None
+            yield stack.enter_context(self.state.watch.workflows(self.who.username, ids, feed))
+
     async def take(self, feed: Feed, timeout: float | None = None) -> list[Any]:
         """The next changes on `feed` ([] after `timeout` s); Unauthenticated once the token has
         expired, or once a job token's attempt is over."""
@@ -65,7 +76,7 @@ class _Session:
             items = []
         if time.time() >= self.expiry:
             raise Unauthenticated("The token has expired")
-        if self.who.job_id is not None and any(item.id == self.who.job_id for item in items):
+        if self.who.job_id is not None and any(getattr(item, "id", None) == self.who.job_id for item in items):
             await self.state.auth.user(self.authorization)  # its job changed: does it still run that attempt?
         return items
 
@@ -74,15 +85,17 @@ class _Sent:
     """What a subscription last sent of each job or node: the watcher may hand the same state twice
     (it reads a changed row after it noticed the change), and a client gets it once."""
 
-    def __init__(self, state: Callable[[Any], Any] = lambda item: item) -> None:
+    def __init__(self, state: Callable[[Any], Any] = lambda item: item,
+                 key: Callable[[Any], int] = lambda item: item.id) -> None:
         self._state = state
+        self._key = key
         self._last: dict[int, Any] = {}
 
     def is_new(self, item: Any) -> bool:
-        state = self._state(item)
-        if self._last.get(item.id) == state:
+        state, key = self._state(item), self._key(item)
+        if self._last.get(key) == state:
             return False
-        self._last[item.id] = state
+        self._last[key] = state
         return True
 
     def forget(self, key: int) -> None:
@@ -92,6 +105,12 @@ class _Sent:
 def _job_state(row: Any) -> tuple:
     """A job's row without its description: that never changes, and may be large (inputs)."""
     return tuple(value for key, value in row._mapping.items() if key != "spec")
+
+
+def _workflow_state(record: WorkflowRecord) -> tuple:
+    """What a workflowUpdated event shows of a workflow that may change."""
+    row = record.row
+    return row.status, row.status_reason, row.start_time, row.end_time, tuple(record.progress.items())
 
 
 def _event(info: strawberry.Info, value: T) -> T:
@@ -157,6 +176,23 @@ class Subscription:
                     return
                 changes = await session.take(feed, POLL_INTERVAL)  # new output is looked for as often
                 ended = any(row.id == number and row.status in TERMINAL for row in changes)
+
+    @strawberry.subscription(description="One of the caller's workflows: its current state, then each change of "
+                                          "its status, reason, times or progress counts, until it has finished")
+    async def workflow_updated(self, info: strawberry.Info,
+                               id: strawberry.ID) -> AsyncGenerator[Workflow, None]:  # noqa: A002 - its public name
+        session = await _Session.open(info)
+        number = workflow_id(id)
+        if await session.state.workflows.get(session.who, number) is None:  # another user's: as unknown
+            raise WorkflowNotFound(f"No such workflow: {number}")
+        sent = _Sent(_workflow_state, key=lambda record: record.row.id)
+        with session.workflows({number}) as feed:
+            while True:
+                for item in await session.take(feed):
+                    if isinstance(item, WorkflowRecord) and item.row.id == number and sent.is_new(item):
+                        yield _event(info, Workflow.of(item))
+                        if item.row.status in FINISHED:
+                            return
 
     @strawberry.subscription(description="Admins only: the nodes in the pool, then each change of a node's state")
     async def node_updated(self, info: strawberry.Info) -> AsyncGenerator[Node, None]:

@@ -1,7 +1,8 @@
 """Capacity and accounting in GraphQL: `resources` and `accounting`, through the same
 AccountingService as `GET /v1/resources` and `GET /v1/accounting` (docs/graphql.md, "Resources
-and accounting"). Every user may ask; only admins may ask for every user's usage (`allUsers`), and
-only they get the spend of all nodes (`spend`)."""
+and accounting"; docs/api-decisions.md, "/v1/accounting"). Every user may ask; `allUsers` gives an
+admin every user, anyone else also the members of their groups (their jobs in those groups);
+`byGroup` adds `groups`; only admins asking for all users get the spend of all nodes (`spend`)."""
 from __future__ import annotations
 
 import datetime
@@ -69,6 +70,16 @@ class UserUsage:
                                                       "each node's hourly price times the share of its cpus held")
 
 
+@strawberry.type(description="One group's usage in the window: the jobs submitted with it (by a token holding "
+                             "it), whoever's; a job submitted with several groups counts in each")
+class GroupUsage:
+    group: str
+    number_of_jobs: int = strawberry.field(description="Jobs that ran and ended in the window")
+    cpu_time: float = strawberry.field(description="Hours of cpu time their tasks reported")
+    wall_time: float = strawberry.field(description="Hours from each job's start to its end, times its cpus")
+    cloud_spend: float = strawberry.field(description="The price of the node time these jobs held in the window")
+
+
 @strawberry.type(description="All nodes' spend in the window")
 class CloudSpend:
     total: float = strawberry.field(description="Every node's hourly price times its hours in the window")
@@ -80,9 +91,14 @@ class CloudSpend:
 class Accounting:
     start: datetime.date
     end: datetime.date
-    users: list[UserUsage] = strawberry.field(description="By name: the caller only, or with allUsers everyone "
-                                                          "with jobs or spend in the window")
-    spend: CloudSpend | None = strawberry.field(description="With allUsers (admins only)")
+    users: list[UserUsage] = strawberry.field(description="By name: the caller only; with allUsers, for an admin "
+                                                          "everyone with jobs or spend in the window, for anyone "
+                                                          "else also the users whose jobs were submitted with one "
+                                                          "of the caller's groups (those jobs only)")
+    groups: list[GroupUsage] | None = strawberry.field(description="With byGroup, by name: each of the caller's "
+                                                                   "groups (an admin's allUsers: every group with "
+                                                                   "jobs or spend in the window)")
+    spend: CloudSpend | None = strawberry.field(description="With allUsers, for admins only")
 
     @classmethod
     def of(cls, usage: Usage) -> Accounting:
@@ -91,6 +107,9 @@ class Accounting:
                    users=[UserUsage(user=name, number_of_jobs=u.number_of_jobs, cpu_time=u.cpu_time,
                                     wall_time=u.wall_time, cloud_spend=u.cloud_spend)
                           for name, u in usage.users.items()],
+                   groups=None if usage.groups is None else [
+                       GroupUsage(group=name, number_of_jobs=g.number_of_jobs, cpu_time=g.cpu_time,
+                                  wall_time=g.wall_time, cloud_spend=g.cloud_spend) for name, g in usage.groups.items()],
                    spend=CloudSpend(total=spend.total, attributed=spend.attributed, idle=spend.idle) if spend else None)
 
 
@@ -102,8 +121,10 @@ class UsageQueries:
         return ResourcesView.of(await to_thread.run_sync(services(info).accounting.resources))
 
     @strawberry.field(description="Usage from start to end (whole days, UTC): jobs that ran and ended then, and the "
-                                  "spend of node time then. allUsers (admins only): every user, and all nodes' spend")
+                                  "spend of node time then. allUsers: for admins every user and all nodes' spend, "
+                                  "for others also the members of their groups. byGroup: usage per group")
     async def accounting(self, info: strawberry.Info, start: datetime.date, end: datetime.date,
-                         all_users: bool = False) -> Accounting:
+                         all_users: bool = False, by_group: bool = False) -> Accounting:
         who = await caller(info)
-        return Accounting.of(await to_thread.run_sync(services(info).accounting.usage, who, start, end, all_users))
+        return Accounting.of(await to_thread.run_sync(services(info).accounting.usage, who, start, end, all_users,
+                                                      by_group))

@@ -9,9 +9,6 @@ from gateway.errors import BadRequest
 from gateway.rest.common import flag, identity
 from gateway.services.accounting import parse_date
 
-BY_GROUP_UNAVAILABLE = ("Usage by group is not available: jobs do not record the group they were submitted in "
-                        "(ask without by_group)")
-
 
 async def resources(request: Request) -> Response:
     await identity(request)
@@ -28,10 +25,8 @@ async def accounting(request: Request) -> Response:
     if end is None:
         raise BadRequest("End date must be provided")
     start_date, end_date = parse_date("start", start), parse_date("end", end)
-    if flag(request, "by_group"):
-        raise BadRequest(BY_GROUP_UNAVAILABLE)
     usage = await to_thread.run_sync(request.app.state.accounting.usage, who, start_date, end_date,
-                                     flag(request, "show_all_users"))
+                                     flag(request, "show_all_users"), flag(request, "by_group"))
     return JSONResponse(usage.to_dict())
 
 

@@ -8,6 +8,8 @@ statements (docs/api-decisions.md, "Resources and accounting").
 - Usage: the jobs that ran and ended in the window, per user (cpu time from the tasks' reported
   cpuTimeUsage, wall time from the job's start to its end times its cpus), and the cloud spend of
   node time within the window, each job paying its share of its node's cpus; the rest is idle.
+  By group: the same sums over the jobs submitted with each group (`jobs.owner_groups`, the
+  submitting token's groups), a job with several groups counting in each.
 """
 from __future__ import annotations
 
@@ -18,18 +20,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select, text
+from sqlalchemy import Engine, and_, bindparam, func, select, text
 
 from gateway.services.clouds import CloudService
 from schema.db import reading
 from schema.enums import JobStatus, NodeState
-from schema.errors import Forbidden, InvalidInput
+from schema.errors import InvalidInput
 from schema.identity import Identity
 from schema.tables import jobs, nodes
 
 DAY_S = 86400
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only; fromisoformat takes more
-ALL_USERS_FORBIDDEN = "Only admins may see other users' usage"
 
 
 def parse_date(field: str, raw: str) -> dt.date:
@@ -125,9 +126,12 @@ class Usage:
     end: dt.date
     users: dict[str, UserUsage]  # by name
     spend: Spend | None  # for admins asking for all users
+    groups: dict[str, UserUsage] | None = None  # by name, when asked by group
 
     def to_dict(self) -> dict[str, Any]:
         usage: dict[str, Any] = {"users": {name: u.to_dict() for name, u in self.users.items()}}
+        if self.groups is not None:
+            usage["groups"] = {name: g.to_dict() for name, g in self.groups.items()}
         if self.spend is not None:
             usage["spend"] = self.spend.to_dict()
         return {"usage": usage}
@@ -152,6 +156,15 @@ class _Dialect:
             if self.postgresql else
             "(SELECT total(json_extract(t.value, '$.cpuTimeUsage')) FROM json_each(jobs.execution, '$.tasks') AS t "
             "WHERE t.type = 'object' AND json_type(t.value, '$.cpuTimeUsage') IN ('integer', 'real'))")
+        # The groups a job was submitted with (jobs.owner_groups, a JSON list), one row each as `<alias>.value`.
+        self._each = ("jsonb_array_elements_text(jobs.owner_groups) AS {0}(value)" if self.postgresql
+                      else "json_each(jobs.owner_groups) AS {0}")
+
+    def each(self, alias: str) -> str:
+        return self._each.format(alias)
+
+    def join_each(self, alias: str) -> str:
+        return f" CROSS JOIN LATERAL {self.each(alias)}" if self.postgresql else f" JOIN {self.each(alias)}"
 
 
 class AccountingService:
@@ -207,52 +220,85 @@ class AccountingService:
 
     # -- usage ----------------------------------------------------------------------------------
 
-    def usage(self, identity: Identity, start: dt.date, end: dt.date, all_users: bool = False) -> Usage:
-        """The caller's usage (or every user's, for an admin asking `all_users`) from `start` to
-        `end`, both whole days (UTC). Jobs counted: those that started and ended in the window.
-        Spend: node time within the window; the caller's entry is always there (zero without jobs),
-        other users only with jobs or spend in the window."""
+    def usage(self, identity: Identity, start: dt.date, end: dt.date, all_users: bool = False,
+              by_group: bool = False) -> Usage:
+        """Usage from `start` to `end`, both whole days (UTC). Jobs counted: those that started and
+        ended in the window. Spend: node time within the window.
+
+        Users: the caller's own entry (always there, zero without jobs); with `all_users`, for an
+        admin every user with jobs or spend in the window, for anyone else also the members of the
+        caller's groups (users whose jobs were submitted with one of them), counting only those
+        jobs. Groups (`by_group`): each of the caller's groups (an admin's `all_users`: every
+        group with jobs or spend in the window), counting every job submitted with it, whoever's;
+        a job submitted with several groups counts in each."""
         lo, hi = window(start, end)
-        if all_users and not identity.admin:
-            raise Forbidden(ALL_USERS_FORBIDDEN)
+        everyone = all_users and identity.admin
+        mine = tuple(dict.fromkeys(identity.groups))
         now = time.time()
         sql = self._sql
-        owner = "" if all_users else " AND jobs.owner = :owner"
+        in_mine = f"EXISTS (SELECT 1 FROM {sql.each('m')} WHERE m.value IN :groups)"
+        if everyone:
+            scope = ""
+        elif all_users and mine:  # the caller's jobs, and the others' submitted with one of the caller's groups
+            scope = f" AND (jobs.owner = :owner OR {in_mine})"
+        else:
+            scope = " AND jobs.owner = :owner"
         params: dict[str, Any] = {"lo": lo, "hi": hi, "now": now, "owner": identity.username,
-                                  "idle": JobStatus.IDLE.value}
-        counted = text(
-            f"SELECT jobs.owner AS owner, count(*) AS number, coalesce(sum({sql.cpu_seconds}), 0) AS cpu_s, "
-            f"coalesce(sum({sql.max}(jobs.end_time - jobs.start_time, 0) * jobs.cpus), 0) AS wall_s "
-            f"FROM jobs WHERE jobs.end_time >= :lo AND jobs.end_time < :hi AND jobs.start_time IS NOT NULL{owner} "
-            "GROUP BY jobs.owner")
+                                  "idle": JobStatus.IDLE.value, "groups": list(mine)}
+        groups_param = bindparam("groups", expanding=True)
+        counted_from = ("FROM jobs WHERE jobs.end_time >= :lo AND jobs.end_time < :hi AND jobs.start_time IS NOT NULL")
+        sums = (f"count(*) AS number, coalesce(sum({sql.cpu_seconds}), 0) AS cpu_s, "
+                f"coalesce(sum({sql.max}(jobs.end_time - jobs.start_time, 0) * jobs.cpus), 0) AS wall_s ")
+        counted = text(f"SELECT jobs.owner AS who, {sums}{counted_from}{scope} GROUP BY jobs.owner")
         # Each job holds its cpus of its node from its start (not before the node was created, nor
         # the window began) to its end (or now; not after the node left the pool, nor the window
         # ended); a node's cpu costs its price / its cpus per hour.
         held = (f"{sql.max}({sql.min}(coalesce(jobs.end_time, :now), coalesce(nodes.ended_at, :now), :hi) "
                 f"- {sql.max}(jobs.start_time, nodes.created_at, :lo), 0)")
-        attributed = text(
-            f"SELECT jobs.owner AS owner, sum({held} * {sql.min}(jobs.cpus, nodes.cpus) * nodes.price / nodes.cpus) "
-            "AS spend_s FROM nodes JOIN jobs ON jobs.node_id = nodes.id "
-            "WHERE nodes.created_at < :hi AND coalesce(nodes.ended_at, :now) > :lo AND nodes.price > 0 "
-            "AND nodes.cpus > 0 AND jobs.status <> :idle AND jobs.start_time IS NOT NULL AND jobs.start_time < :hi "
-            f"AND coalesce(jobs.end_time, :now) > :lo{owner} GROUP BY jobs.owner")
+        spend_sum = f"sum({held} * {sql.min}(jobs.cpus, nodes.cpus) * nodes.price / nodes.cpus) AS spend_s "
+        spend_where = ("WHERE nodes.created_at < :hi AND coalesce(nodes.ended_at, :now) > :lo AND nodes.price > 0 "
+                       "AND nodes.cpus > 0 AND jobs.status <> :idle AND jobs.start_time IS NOT NULL "
+                       "AND jobs.start_time < :hi AND coalesce(jobs.end_time, :now) > :lo")
+        attributed = text(f"SELECT jobs.owner AS who, {spend_sum}FROM nodes JOIN jobs ON jobs.node_id = nodes.id "
+                          f"{spend_where}{scope} GROUP BY jobs.owner")
+        # By group: a job counts in each group it was submitted with (one row per group of the job).
+        group_scope = "" if everyone else " AND g.value IN :groups"
+        counted_groups = text(f"SELECT g.value AS who, {sums}FROM jobs{sql.join_each('g')} "
+                              f"{counted_from.removeprefix('FROM jobs ')}{group_scope} GROUP BY g.value")
+        attributed_groups = text(f"SELECT g.value AS who, {spend_sum}FROM nodes JOIN jobs ON jobs.node_id = nodes.id"
+                                 f"{sql.join_each('g')} {spend_where}{group_scope} GROUP BY g.value")
+        if "IN :groups" in scope:
+            counted, attributed = counted.bindparams(groups_param), attributed.bindparams(groups_param)
+        if group_scope:
+            counted_groups = counted_groups.bindparams(groups_param)
+            attributed_groups = attributed_groups.bindparams(groups_param)
         total = text(
             f"SELECT coalesce(sum({sql.max}({sql.min}(coalesce(ended_at, :now), :hi) - {sql.max}(created_at, :lo), 0)"
             " * price), 0) FROM nodes WHERE created_at < :hi AND coalesce(ended_at, :now) > :lo AND price > 0")
+        ask_groups = by_group and (everyone or mine)
         with reading(self._engine) as connection:
-            used = {r.owner: r for r in connection.execute(counted, params)}
-            spent = {r.owner: float(r.spend_s or 0) for r in connection.execute(attributed, params)}
-            total_s = float(connection.execute(total, params).scalar_one() or 0) if all_users else None
-        names = sorted(set(used) | {name for name, s in spent.items() if s > 0}
-                       | (set() if all_users else {identity.username}))
-        users = {}
-        for name in names:
-            row = used.get(name)
-            users[name] = UserUsage(int(row.number) if row else 0, _round(float(row.cpu_s) / 3600) if row else 0.0,
-                                    _round(float(row.wall_s) / 3600) if row else 0.0,
-                                    _round(spent.get(name, 0.0) / 3600))
+            used = {r.who: r for r in connection.execute(counted, params)}
+            spent = {r.who: float(r.spend_s or 0) for r in connection.execute(attributed, params)}
+            total_s = float(connection.execute(total, params).scalar_one() or 0) if everyone else None
+            if ask_groups:
+                group_used = {r.who: r for r in connection.execute(counted_groups, params)}
+                group_spent = {r.who: float(r.spend_s or 0) for r in connection.execute(attributed_groups, params)}
+        users = _entries(used, spent, set() if everyone else {identity.username})
+        groups = None
+        if by_group:
+            groups = _entries(group_used, group_spent, set() if everyone else set(mine)) if ask_groups else {}
         spend = None
         if total_s is not None:
             shared = sum(spent.values())
             spend = Spend(_round(total_s / 3600), _round(shared / 3600), _round(max(0.0, total_s - shared) / 3600))
-        return Usage(start, end, users, spend)
+        return Usage(start, end, users, spend, groups)
+
+
+def _entries(used: dict[str, Any], spent: dict[str, float], always: set[str]) -> dict[str, UserUsage]:
+    """By name: those with jobs counted or spend, and `always` (zeros without either)."""
+    entries = {}
+    for name in sorted(set(used) | {name for name, s in spent.items() if s > 0} | always):
+        row = used.get(name)
+        entries[name] = UserUsage(int(row.number) if row else 0, _round(float(row.cpu_s) / 3600) if row else 0.0,
+                                  _round(float(row.wall_s) / 3600) if row else 0.0, _round(spent.get(name, 0.0) / 3600))
+    return entries

@@ -110,18 +110,20 @@ class AgentService:
                 .values(status=JobStatus.RUNNING, attempt=jobs.c.attempt + 1, status_reason="",
                         start_time=func.coalesce(jobs.c.start_time, now))
                 .returning(jobs.c.id, jobs.c.attempt, jobs.c.spec, jobs.c.owner, jobs.c.cpus, jobs.c.memory_mb,
-                           jobs.c.disk_gb)
+                           jobs.c.disk_gb, jobs.c.owner_groups)
             ).all()
         return [self._assignment(row) for row in claimed]
 
     def _assignment(self, row: Any) -> dict[str, Any]:
         lifetime = job_token_lifetime(row.spec)
-        # Artifacts and archive images naming the owner's uploaded objects: signed URLs (data.py).
-        spec, images = resolve_for_job(self._store, row.owner, row.spec, lifetime)
+        # Artifacts and archive images naming uploaded objects (the owner's, or of a group the job
+        # was submitted with): signed URLs (data.py). The job token carries those groups too.
+        groups = tuple(row.owner_groups or ())
+        spec, images = resolve_for_job(self._store, row.owner, row.spec, lifetime, groups)
         return {
             "id": row.id, "attempt": row.attempt, "spec": spec, "owner": row.owner, "images": images,
             "cpus": row.cpus, "memory_mb": row.memory_mb, "disk_gb": row.disk_gb,
-            "token": self._tokens.issue_job_token(row.id, row.attempt, row.owner, (), lifetime),
+            "token": self._tokens.issue_job_token(row.id, row.attempt, row.owner, groups, lifetime),
             "url": f"{self._public_url}/v1",
         }
 

@@ -22,7 +22,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,20 +105,103 @@ def _starts_with(column, prefix: str):
     return func.substr(column, 1, len(prefix)) == prefix
 
 
-def resolve_for_job(store: ObjectStore, owner: str, spec: dict[str, Any],
-                    lifetime: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """What a node gets for a job: its artifacts that name the owner's uploaded objects become
-    signed download URLs, and each archive image a signed URL in the returned map (image name ->
-    URL), which the agent fetches and `podman load`s. Another user's objects are never reachable:
-    names are always resolved in the owner's own area."""
+def job_object_key(owner: str, groups: Iterable[str], name: str) -> str | None:
+    """The store key of an object a job names (artifact url, archive image): the owner's own
+    object for a name without `/`, `<group>/<path>` in that group's area when the job's recorded
+    groups (its submitter's token's, at submission) include it; None otherwise."""
+    if "/" not in name:
+        return user_key(owner, name)
+    group = name.split("/", 1)[0]
+    return f"uploads/groups/{name}" if group in groups else None
+
+
+def resolve_for_job(store: ObjectStore, owner: str, spec: dict[str, Any], lifetime: int,
+                    groups: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """What a node gets for a job: its artifacts that name uploaded objects become signed download
+    URLs, and each archive image a signed URL in the returned map (image name -> URL), which the
+    agent fetches and `podman load`s. Another user's objects are never reachable: a name without
+    `/` is resolved in the owner's own area, `<group>/...` only in a group the job was submitted
+    with (else the owner's area, where no name with `/` exists: the stage-in fails)."""
+    groups = tuple(groups)
+
+    def url(name: str) -> str:
+        return store.signed_url(job_object_key(owner, groups, name) or user_key(owner, name), lifetime)
+
     artifacts = spec.get("artifacts")
     if artifacts:
-        spec = {**spec, "artifacts": [
-            {**artifact, "url": store.signed_url(user_key(owner, artifact["url"]), lifetime)}
-            if is_object_artifact(artifact["url"]) else artifact for artifact in artifacts]}
-    images = {task["image"]: store.signed_url(user_key(owner, task["image"]), lifetime)
+        spec = {**spec, "artifacts": [{**artifact, "url": url(artifact["url"])}
+                                      if is_object_artifact(artifact["url"]) else artifact for artifact in artifacts]}
+    images = {task["image"]: url(task["image"])
               for task in spec.get("tasks", []) if is_archive_image(task.get("image", ""))}
     return spec, images
+
+
+def job_object_names(spec: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(field, name) of every uploaded object a stored job description names: artifact urls that
+    are not http(s), and archive images."""
+    for number, artifact in enumerate(spec.get("artifacts") or ()):
+        if is_object_artifact(artifact["url"]):
+            yield f"{prefix}artifacts[{number}].url", artifact["url"]
+    for number, task in enumerate(spec.get("tasks") or ()):
+        if is_archive_image(task.get("image", "")):
+            yield f"{prefix}tasks[{number}].image", task["image"]
+
+
+# A factory job's artifact urls may hold its parameters ($x): the names of this many of its
+# instances are checked at submission (the first ones, and the last); the others' at stage-in.
+MAX_CHECKED_INSTANCES = 10_000
+
+
+def workflow_object_names(spec: Any) -> Iterator[tuple[str, str]]:
+    """(field, name) of every uploaded object the jobs of a workflow (schema.workflowspec's
+    WorkflowSpec) name, with a factory's parameters substituted in artifact urls per instance."""
+    from schema.workflowspec import _substitute, _text, instance_parameters
+
+    for number, template in enumerate(spec.jobs):
+        stored = template.to_stored()
+        prefix = f"jobs[{number}]."
+        factory = spec.factory_of(template.name)
+        parameterized = [(n, a["url"]) for n, a in enumerate(stored.get("artifacts") or ())
+                         if "$" in a["url"]]
+        if factory is None or not parameterized:
+            yield from job_object_names(stored, prefix)
+            continue
+        varying = {f"{prefix}artifacts[{n}].url" for n, _ in parameterized}
+        yield from ((field, name) for field, name in job_object_names(stored, prefix) if field not in varying)
+        count = factory.count()
+        indices = range(count) if count <= MAX_CHECKED_INSTANCES else \
+            [*range(MAX_CHECKED_INSTANCES - 1), count - 1]
+        for index in indices:
+            values = {key: _text(value) for key, value in (instance_parameters(spec, template.name, index) or {}).items()}
+            for n, raw in parameterized:
+                name = _substitute(raw, values)
+                if is_object_artifact(name):
+                    yield (f"{prefix}artifacts[{n}].url (instance {index} of factory {factory.name})", name)
+
+
+def check_job_objects(engine: Engine, owner: str, groups: Iterable[str], names: Iterable[tuple[str, str]],
+                      what: str = "job description") -> None:
+    """Every uploaded object a submission names exists, in an area the job may read (the owner's,
+    or a group's among `groups`, the submitting token's): InvalidInput naming the first field that
+    breaks this. One indexed query per 500 distinct objects; none when nothing is named."""
+    groups = tuple(groups)
+    keys: dict[str, tuple[str, str]] = {}
+    for field, name in names:
+        key = job_object_key(owner, groups, name)
+        if key is None:
+            raise InvalidInput(f"Invalid {what}: {field}: {name} is in the area of group {name.split('/', 1)[0]}, "
+                               "and the submitting token is not in that group")
+        keys.setdefault(key, (field, name))
+    if not keys:
+        return
+    wanted, found = list(keys), set()
+    with reading(engine) as connection:
+        for start in range(0, len(wanted), 500):
+            found.update(connection.execute(select(data_objects.c.key).where(
+                data_objects.c.key.in_(wanted[start:start + 500]))).scalars())
+    for key, (field, name) in keys.items():
+        if key not in found:
+            raise InvalidInput(f"Invalid {what}: {field}: no uploaded object named {name}")
 
 
 class DataService:

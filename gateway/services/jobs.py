@@ -14,6 +14,7 @@ from sqlalchemy import Engine, func, select, update
 
 from schema.identity import Identity
 from gateway.services.batcher import JobInserter
+from gateway.services.data import check_job_objects, job_object_names
 from gateway.services.notify import Notifier, submission_columns
 from gateway.storage import ObjectStore
 from schema.enums import ACTIVE, TERMINAL, JobStatus, StatusReason
@@ -122,12 +123,17 @@ class JobService:
     async def submit(self, identity: Identity, spec: JobSpec) -> int:
         if self._notifier is not None:
             self._notifier.check_spec(spec)
+        stored = spec.to_stored()
+        names = list(job_object_names(stored))
+        if names:  # uploaded objects it names exist, in areas it may read (gateway/services/data.py)
+            await to_thread.run_sync(check_job_objects, self._engine, identity.username, identity.groups, names)
         now = int(time.time())
         demand = spec.demand()
         queue_limit = demand.pop("queue_limit_s")
         job_id = await self._inserter.insert({
             "owner": identity.username, "name": spec.name, "status": JobStatus.IDLE,
-            "status_reason": StatusReason.WAITING, "spec": spec.to_stored(), "workflow_id": None,
+            "status_reason": StatusReason.WAITING, "spec": stored, "workflow_id": None,
+            "owner_groups": list(dict.fromkeys(identity.groups)),
             "in_queue": True, "create_time": now, "start_time": None, "end_time": None, "execution": {},
             "node_id": None, "attempt": 0, "retries": 0, **demand,
             "queue_deadline": now + queue_limit if queue_limit else None, **submission_columns(identity, spec),

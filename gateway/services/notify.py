@@ -1,11 +1,14 @@
-"""Notifications: an e-mail or a signed webhook when a job (later: a workflow) has finished.
+"""Notifications: an e-mail or a signed webhook when a job or a workflow has finished.
 
 How a notification travels, and why it is neither lost nor sent twice in the usual case
 (docs/api-decisions.md, "Notifications"):
 
 1. Submission copies what is needed into the job's row, in the transaction that stores the job:
    `notify_pending` (the description asks for notifications) and `notify_email` (the address in
-   the submitter's token, which is gone when the job ends).
+   the submitter's token, which is gone when the job ends). A workflow's row gets the same two
+   columns (for its `workflowFinished`); its jobs, created then or later by the engine
+   (schema/workflowrun.py: factory instances, retries, re-runs), get theirs from their own
+   `notifications` and the workflow row's address.
 2. Many paths end a job (the agent's report, a delete, the provisioner failing it, a lost node
    with no retries left, ...), some in another process. None of them knows about notifications:
    this sender finds finished jobs with `notify_pending` (a partial index holds only those rows)
@@ -60,8 +63,10 @@ from schema.errors import InvalidInput
 from schema.identity import Identity
 from schema.jobspec import JobSpec
 from schema.signals import Signal, wait_for_event
-from schema.tables import jobs
+from schema.tables import jobs, workflows
 from schema.tables import notification_deliveries as deliveries
+from schema.workflowrun import progress_of
+from schema.workflowspec import WorkflowSpec
 
 log = logging.getLogger("prominence.notify")
 
@@ -96,19 +101,34 @@ def non_public(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+def _address(identity: Identity) -> str | None:
+    email = identity.email
+    return email if isinstance(email, str) and _ADDRESS.fullmatch(email) else None
+
+
+def _wants_email(notifications) -> bool:
+    return any(n.type == "email" for n in notifications or ())
+
+
 def submission_columns(identity: Identity, spec: JobSpec) -> dict[str, Any]:
     """What a job's row records at submission for its notifications (tables.Job.notify_*)."""
-    wanted = spec.notifications or []
-    email = identity.email if any(n.type == "email" for n in wanted) else None
-    return {"notify_pending": bool(wanted),
-            "notify_email": email if isinstance(email, str) and _ADDRESS.fullmatch(email) else None}
+    return {"notify_pending": bool(spec.notifications),
+            "notify_email": _address(identity) if _wants_email(spec.notifications) else None}
+
+
+def workflow_submission_columns(identity: Identity, spec: WorkflowSpec) -> dict[str, Any]:
+    """What a workflow's row records at submission (tables.Workflow.notify_*): pending when it asks
+    for `workflowFinished`; the submitter's address when it or any of its jobs asks for e-mail
+    (its jobs' rows copy it as they are created, maybe long after the submitter's token is gone)."""
+    email = _wants_email(spec.notifications) or any(_wants_email(job.notifications) for job in spec.jobs)
+    return {"notify_pending": bool(spec.notifications), "notify_email": _address(identity) if email else None}
 
 
 @dataclass(frozen=True)
 class Source:
     """A kind of thing that finishes and notifies: its table has `id`, `owner`, `spec` (with
-    `notifications`), `end_time` (set when it finished), `notify_pending` and `notify_email`.
-    Workflows become one more Source (event `workflowFinished`)."""
+    `notifications`), `end_time` (set when it finished), `notify_pending` and `notify_email`:
+    jobs (`jobFinished`) and workflows (`workflowFinished`)."""
 
     subject: str
     event: str
@@ -126,10 +146,18 @@ def _job_payload(row: Row) -> dict[str, Any]:
             "events": events}
 
 
+def _workflow_payload(row: Row) -> dict[str, Any]:
+    """`progress` as GET /v1/workflows shows it (reference 4.3): nothing is queued any more."""
+    return {**_job_payload(row), "progress": progress_of(row.state, {}, row.total)}
+
+
 JOB_SOURCE = Source("job", "jobFinished", jobs,
                     ("id", "owner", "name", "status", "status_reason", "spec", "create_time", "start_time",
                      "end_time", "notify_email"), _job_payload)
-SOURCES: list[Source] = [JOB_SOURCE]
+WORKFLOW_SOURCE = Source("workflow", "workflowFinished", workflows,
+                         ("id", "owner", "name", "status", "status_reason", "spec", "create_time", "start_time",
+                          "end_time", "notify_email", "state", "total"), _workflow_payload)
+SOURCES: list[Source] = [JOB_SOURCE, WORKFLOW_SOURCE]
 
 
 @dataclass(frozen=True)
@@ -180,9 +208,18 @@ class Notifier:
     def check_spec(self, spec: JobSpec) -> None:
         """At submission: webhook URLs whose host is written as a non-public address (or is
         `localhost`) are refused now, unless allowed; names are checked when they are resolved."""
+        self._check_urls(spec.notifications, "Invalid job description: notifications")
+
+    def check_workflow(self, spec: WorkflowSpec) -> None:
+        """check_spec() for a workflow's notifications and each of its jobs'."""
+        self._check_urls(spec.notifications, "Invalid workflow description: notifications")
+        for number, job in enumerate(spec.jobs):
+            self._check_urls(job.notifications, f"Invalid workflow description: jobs[{number}].notifications")
+
+    def _check_urls(self, notifications, field: str) -> None:
         if self._config.allow_private:
             return
-        for i, notification in enumerate(spec.notifications or ()):
+        for i, notification in enumerate(notifications or ()):
             if notification.type != "webhook":
                 continue
             host = urllib.parse.urlsplit(notification.url).hostname or ""
@@ -191,7 +228,7 @@ class Notifier:
             except ValueError:
                 refused = host == "localhost" or host.endswith(".localhost")
             if refused:
-                raise InvalidInput(f"Invalid job description: notifications[{i}].url: {host} is not a public "
+                raise InvalidInput(f"{field}[{i}].url: {host} is not a public "
                                    "address (loopback, private and link-local addresses are refused)")
 
     # -- running ---------------------------------------------------------------------------------
@@ -222,7 +259,7 @@ class Notifier:
                     wait = POLL_S
                 await wait_for_event(woken, wait)
 
-    # -- step 2: finished jobs into the outbox ---------------------------------------------------
+    # -- step 2: finished jobs (and workflows) into the outbox -----------------------------------
 
     def _transfer(self) -> None:
         for source in SOURCES:
@@ -417,6 +454,9 @@ class Notifier:
         lines = [f"Your {what} {payload['id']}{name} has finished: {payload['status']}."]
         if payload.get("statusReason"):
             lines.append(f"Reason: {payload['statusReason']}")
+        if (progress := payload.get("progress")) is not None:
+            lines.append(f"Jobs: {progress['total']} in all, {progress['done']} completed successfully, "
+                         f"{progress['failed']} failed, {progress['waiting'] + progress['queued']} not run or stopped")
         for key, label in (("createTime", "Created"), ("startTime", "Started"), ("endTime", "Ended")):
             if (value := payload.get("events", {}).get(key)) is not None:
                 stamp = datetime.datetime.fromtimestamp(value, datetime.UTC)

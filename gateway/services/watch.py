@@ -5,8 +5,9 @@ subscriber what changed. Another process may make the changes (the provisioner c
 the in-process signals only wake the watcher early: it polls every POLL_INTERVAL while anyone
 subscribes, and not at all otherwise. Each poll is one SQL statement for every job subscriber
 together, however many there are (plus, when something changed, one per owner that reads the
-changed jobs' rows once for all their subscribers), and one for the nodes while an admin watches
-them. Fan-out is in memory: a subscriber's Feed keeps only the latest state of each thing it has
+changed jobs' rows once for all their subscribers), one for every workflow subscriber together
+(plus two that read the changed workflows' rows and job counts), and one for the nodes while an
+admin watches them. Fan-out is in memory: a subscriber's Feed keeps only the latest state of each thing it has
 not taken yet, so a slow subscriber never holds up the watcher or the others.
 """
 from __future__ import annotations
@@ -23,15 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from anyio import to_thread
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from gateway.services.clouds import CloudService
 from gateway.services.jobs import OUTPUT_CHUNK, JobFilter, JobQuery, JobService, output_path
+from gateway.services.workflows import WorkflowRecord
+from schema import workflowrun
 from schema.db import reading
-from schema.enums import ACTIVE, NODE_LIVE, NodeState
+from schema.enums import ACTIVE, NODE_LIVE, JobStatus, NodeState
 from schema.identity import Identity
 from schema.signals import Signal
-from schema.tables import jobs, nodes
+from schema.tables import jobs, nodes, workflows
 
 log = logging.getLogger("prominence.watch")
 
@@ -78,6 +81,14 @@ class _JobInterest:
 
 
 @dataclass(eq=False)
+class _WorkflowInterest:
+    owner: str
+    ids: frozenset[int]
+    feed: Feed = field(default_factory=Feed)
+    fresh: bool = True
+
+
+@dataclass(eq=False)
 class _NodeInterest:
     feed: Feed = field(default_factory=Feed)
     fresh: bool = True
@@ -86,6 +97,14 @@ class _NodeInterest:
 def _job_state(row: Any) -> tuple:
     """What a change of a job is: its status, reason, node, attempt or times."""
     return row.status, row.status_reason, row.node_id, row.attempt, row.start_time, row.end_time
+
+
+def _workflow_state(row: Any) -> tuple:
+    """What a change of a workflow is: its status, reason, times, or a count of its `progress`
+    (done and failed from its engine's state; queued: its released idle and its running jobs)."""
+    done = sum(s.get("ok", 0) for s in row.state.values())
+    failed = sum(s.get("failed", 0) for s in row.state.values())
+    return row.status, row.status_reason, row.start_time, row.end_time, done, failed, row.queued
 
 
 def selects(selected: JobFilter, row: Any) -> bool:
@@ -135,7 +154,9 @@ class Watch:
         self._signals = tuple(signals)
         self._job_interests: set[_JobInterest] = set()
         self._node_interests: set[_NodeInterest] = set()
+        self._workflow_interests: set[_WorkflowInterest] = set()
         self._job_states: dict[int, tuple] = {}  # as the last poll saw them
+        self._workflow_states: dict[int, tuple] = {}
         self._node_states: dict[int, tuple] = {}
         self._jobs_polled_at: float | None = None
         self._wanted = asyncio.Event()  # someone subscribes
@@ -160,6 +181,15 @@ class Watch:
             yield interest.feed
 
     @contextlib.contextmanager
+    def workflows(self, owner: str, ids: Iterable[int], feed: Feed | None = None) -> Iterator[Feed]:
+        """A feed of WorkflowRecords of the owner's workflows `ids`: first the current state of
+        each, then each change of its status, reason, times or progress counts. `feed`: one to
+        share (with a job feed: job and workflow ids never collide, one counter makes both)."""
+        interest = _WorkflowInterest(owner, frozenset(ids), feed or Feed())
+        with self._interested(self._workflow_interests, interest):
+            yield interest.feed
+
+    @contextlib.contextmanager
     def nodes(self) -> Iterator[Feed]:
         """A feed of NodeViews: first those of the nodes in the pool, then each change of state."""
         interest = _NodeInterest()
@@ -178,7 +208,7 @@ class Watch:
             yield
         finally:
             interests.discard(interest)
-            if not self._job_interests and not self._node_interests:
+            if not self._job_interests and not self._node_interests and not self._workflow_interests:
                 self._wanted.clear()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -203,6 +233,8 @@ class Watch:
             # Jobs that ended since shortly before the previous poll: their last change is seen.
             await self._poll_jobs(int(self._jobs_polled_at or started) - ENDED_MARGIN_S)
         self._jobs_polled_at = started if self._job_interests else None
+        if self._workflow_interests:
+            await self._poll_workflows()
         if self._node_interests:
             await self._poll_nodes()
 
@@ -258,6 +290,46 @@ class Watch:
                 for row in await self._jobs.list(Identity(username=owner), query, list):
                     found[row.id] = row
         return found
+
+    async def _poll_workflows(self) -> None:
+        interests = list(self._workflow_interests)
+        ids = set().union(*(i.ids for i in interests))
+        rows = await to_thread.run_sync(self._read_workflow_states, ids)
+        by_id = {row.id: row for row in rows}
+        changed = {row.id for row in rows if self._workflow_states.get(row.id) != _workflow_state(row)}
+        deliveries = [(interest, number) for interest in interests for number in interest.ids
+                      if number in by_id and by_id[number].owner == interest.owner
+                      and (interest.fresh or number in changed)]
+        wanted = sorted({number for _, number in deliveries})
+        current = await to_thread.run_sync(self._workflow_records, wanted) if wanted else {}
+        for interest, number in deliveries:
+            if number in current:
+                interest.feed.put(number, current[number])
+        for interest in interests:
+            interest.fresh = False
+        self._workflow_states = {row.id: _workflow_state(row) for row in rows}
+
+    def _read_workflow_states(self, ids: set[int]) -> list[Any]:
+        """The one statement of a poll for every workflow subscriber: the watched workflows, each
+        with what a change of it is (its queued jobs counted by the index on jobs' workflow_id)."""
+        queued = (select(func.count()).select_from(jobs)
+                  .where(jobs.c.workflow_id == workflows.c.id,
+                         or_(jobs.c.status == JobStatus.RUNNING,
+                             and_(jobs.c.status == JobStatus.IDLE, jobs.c.blocked.is_(False))))
+                  .correlate(workflows).scalar_subquery())
+        query = select(workflows.c.id, workflows.c.owner, workflows.c.status, workflows.c.status_reason,
+                       workflows.c.start_time, workflows.c.end_time, workflows.c.state,
+                       queued.label("queued")).where(workflows.c.id.in_(sorted(ids)))
+        with reading(self._engine) as connection:
+            return connection.execute(query).all()
+
+    def _workflow_records(self, ids: list[int]) -> dict[int, WorkflowRecord]:
+        """The changed workflows as WorkflowService.get() gives them, read once for all their
+        subscribers (whose ownership the poll checked)."""
+        with reading(self._engine) as connection:
+            rows = connection.execute(select(workflows).where(workflows.c.id.in_(ids))).all()
+            live = workflowrun.live_counts(connection, [r.id for r in rows if r.status in workflowrun.ACTIVE])
+        return {row.id: WorkflowRecord(row, live.get(row.id, {})) for row in rows}
 
     async def _poll_nodes(self) -> None:
         interests = list(self._node_interests)

@@ -13,7 +13,9 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, func, select, update
 
 from gateway.services.batcher import JobInserter
+from gateway.services.data import check_job_objects, workflow_object_names
 from gateway.services.jobs import JobService
+from gateway.services.notify import workflow_submission_columns
 from schema import workflowrun
 from schema.db import reading
 from schema.errors import Forbidden, InvalidInput, InvalidState, NotFound
@@ -61,6 +63,7 @@ class WorkflowService:
         self._inserter = inserter
         self._jobs = jobs_service
         self._changed = changed
+        self._notifier = jobs_service._notifier  # checks webhook URLs at submission, as for jobs
 
     @staticmethod
     def parse(document: str | bytes | dict[str, Any]) -> WorkflowSpec:
@@ -69,9 +72,14 @@ class WorkflowService:
     async def submit(self, identity: Identity, spec: WorkflowSpec) -> int:
         """Stores the workflow, its jobs outside factories and its first factory instances in one
         commit (with other submissions of the moment): acknowledged means stored whole."""
+        if self._notifier is not None:
+            self._notifier.check_workflow(spec)
+        await self._check_objects(identity, spec)
         now = int(time.time())
+        notify = workflow_submission_columns(identity, spec)
         workflow_id = await self._inserter.insert(
-            lambda connection: workflowrun.create(connection, identity.username, spec, now))
+            lambda connection: workflowrun.create(connection, identity.username, spec, now, notify=notify,
+                                                  groups=identity.groups))
         self._changed.notify()
         return workflow_id
 
@@ -199,14 +207,32 @@ class WorkflowService:
         if row.status not in ("completed", "failed"):
             raise InvalidState("Unable to find re-run workflow as the original workflow is not in a suitable state")
         spec = self._stored_spec(row, "re-run")
+        await to_thread.run_sync(self._check_reruns, row, spec)  # refused early; checked again as it is stored
+        if self._notifier is not None:
+            self._notifier.check_workflow(spec)
+        await self._check_objects(identity, spec)  # the re-runner's groups, as a clone's
         now = int(time.time())
+        notify = workflow_submission_columns(identity, spec)  # the re-runner's address, as a clone's
 
         def store(connection) -> int:
+            check_reruns(connection, row, spec, lock=True)
             done = workflowrun.completed_instances(connection, row)
-            return workflowrun.create(connection, identity.username, spec, now, rerun_of=row.id, done_before=done)
+            return workflowrun.create(connection, identity.username, spec, now, rerun_of=row.id, done_before=done,
+                                      notify=notify, groups=identity.groups)
         new_id = await self._inserter.insert(store)
         self._changed.notify()
         return new_id
+
+    async def _check_objects(self, identity: Identity, spec: WorkflowSpec) -> None:
+        """The uploaded objects its jobs name exist, in areas they may read (gateway/services/data.py)."""
+        names = list(workflow_object_names(spec))
+        if names:
+            await to_thread.run_sync(check_job_objects, self._engine, identity.username, identity.groups, names,
+                                     "workflow description")
+
+    def _check_reruns(self, row: Any, spec: WorkflowSpec) -> None:
+        with reading(self._engine) as connection:
+            check_reruns(connection, row, spec)
 
     async def job_of(self, identity: Identity, workflow_id: int, job: str, instance: int | None) -> int | None:
         """The id of the job `job` (instance `instance` of a factory job) of the workflow: its
@@ -243,6 +269,34 @@ class WorkflowService:
         if job_id is None:
             raise NotFound(f"{stream} does not exist")
         return await self._jobs.read_output(identity, job_id, stream, node, offset)
+
+
+def check_reruns(connection: Any, row: Any, spec: WorkflowSpec, lock: bool = False) -> None:
+    """The workflow policy `maximumReruns` (none: no limit): the re-runs of one submission are
+    counted along their chain of `rerun_of` links, all together (re-runs of the original and of
+    its re-runs, also two of the same workflow); one more is refused (InvalidState, a 400) once
+    there are that many. `lock` (in the storing transaction): PostgreSQL serialises re-runs of
+    one submission on its original's row, so that two at once cannot both pass."""
+    limit = spec.policies.maximumReruns if spec.policies else None
+    if limit is None:
+        return
+    root, seen = row, {row.id}
+    while root.rerun_of is not None and root.rerun_of not in seen:
+        above = connection.execute(select(workflows.c.id, workflows.c.rerun_of).where(
+            workflows.c.id == root.rerun_of)).first()
+        if above is None:
+            break
+        root = above
+        seen.add(root.id)
+    if lock:
+        connection.execute(select(workflows.c.id).where(workflows.c.id == root.id).with_for_update()).first()
+    family = select(workflows.c.id).where(workflows.c.id == root.id).cte("family", recursive=True)
+    family = family.union(select(workflows.c.id).where(workflows.c.rerun_of == family.c.id))
+    made = connection.execute(select(func.count()).select_from(family)).scalar_one() - 1
+    if made >= limit:
+        raise InvalidState(f"Unable to re-run workflow {row.id}: its policy maximumReruns allows {limit} "
+                           f"re-run{'' if limit == 1 else 's'} of workflow {root.id} (re-runs of re-runs included), "
+                           f"and it has had {made}")
 
 
 def status_value(raw: str) -> str:
