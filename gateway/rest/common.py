@@ -1,13 +1,16 @@
 """What every /v1 route needs: the caller's identity, bounded bodies, typed query parameters."""
 import asyncio
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import TypeVar
 
 from starlette.requests import Request
 
 from schema.identity import Identity
 from gateway.errors import BadRequest, RequestTimeout
-from schema.errors import JobNotFound
+from gateway.services.jobs import ListingQuery
+from schema.errors import JobNotFound, NotFound
 from schema.jobspec import MAX_BODY_BYTES
 
 MAX_ID = 2**63 - 1  # ids, offsets and attempts fit a BIGINT
@@ -47,6 +50,29 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return bytes(body)
 
 
+Query = TypeVar("Query", bound=ListingQuery)
+
+
+def listing_filters(request: Request, query: Query, status: Callable[[str], str]) -> Query:
+    """The filters of a listing (reference section 2.3) from the request's parameters, into
+    `query`; `status` turns the status parameter into a status, or raises BadRequest."""
+    params = request.query_params
+    query.completed, query.all = flag(request, "completed"), flag(request, "all")
+    query.detail, query.name = flag(request, "detail"), params.get("name")
+    if query.completed:
+        query.num = integer(request, "num", default=1, minimum=-1)
+    if (value := params.get("status")) is not None:
+        query.status = status(value)
+    for constraint in params.getlist("constraint"):
+        key, sep, value = constraint.partition("=")
+        if not sep or not key or "=" in value:
+            raise BadRequest(f"Invalid constraint: {constraint} (expected key=value)")
+        query.constraints.append((key, value))
+    if (ids := params.get("id")) is not None:
+        query.ids = id_list(ids)
+    return query
+
+
 def flag(request: Request, name: str) -> bool:
     """A flag parameter: present means on (as the real server reads them), unless it says false."""
     value = request.query_params.get(name)
@@ -80,9 +106,10 @@ def path_id(request: Request, name: str = "job_id") -> int:
 
 
 @contextmanager
-def unknown_job_is_a_bad_request():
-    """Where the seed answers an unknown job with a 400 instead of a 404 (remove, stdout/stderr)."""
+def unknown_is_a_bad_request(kind: type[NotFound] = JobNotFound):
+    """Where the seed or the real server answers an unknown job (remove, stdout/stderr) or
+    workflow with a 400 instead of a 404: the CLI reads a 404 as a wrong URL."""
     try:
         yield
-    except JobNotFound as error:
+    except kind as error:
         raise BadRequest(error.message) from None

@@ -9,7 +9,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
-from gateway.rest.common import flag, id_list, identity, integer, path_id, read_body, unknown_job_is_a_bad_request
+from gateway.rest.common import (flag, id_list, identity, integer, listing_filters, path_id, read_body,
+                                 unknown_is_a_bad_request)
 from gateway.services.jobs import JobQuery, job_outputs, parse_spec
 from gateway.storage import ObjectStore
 from schema.enums import JobStatus
@@ -55,26 +56,16 @@ def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
     return view
 
 
+def _status(status: str) -> JobStatus:
+    try:
+        return JobStatus(status)
+    except ValueError:
+        raise BadRequest(f"invalid status specified: {status} (one of {', '.join(JobStatus)})") from None
+
+
 def _query(request: Request) -> JobQuery:
-    params = request.query_params
-    query = JobQuery(completed=flag(request, "completed"), all=flag(request, "all"),
-                     detail=flag(request, "detail"), workflow=flag(request, "workflow"),
-                     name=params.get("name"))
-    if query.completed:
-        query.num = integer(request, "num", default=1, minimum=-1)
-    if (status := params.get("status")) is not None:
-        try:
-            query.status = JobStatus(status)
-        except ValueError:
-            raise BadRequest(f"invalid status specified: {status} (one of {', '.join(JobStatus)})") from None
-    for constraint in params.getlist("constraint"):
-        key, sep, value = constraint.partition("=")
-        if not sep or not key or "=" in value:
-            raise BadRequest(f"Invalid constraint: {constraint} (expected key=value)")
-        query.constraints.append((key, value))
-    if (ids := params.get("id")) is not None:
-        query.ids = id_list(ids)
-    elif query.workflow:
+    query = listing_filters(request, JobQuery(workflow=flag(request, "workflow")), _status)
+    if query.workflow and query.ids is None:
         raise BadRequest("workflow=true needs the workflow's id in id")
     return query
 
@@ -118,7 +109,7 @@ async def clone_job(request: Request) -> Response:
 
 async def remove_job(request: Request) -> Response:
     who = await identity(request)
-    with unknown_job_is_a_bad_request():
+    with unknown_is_a_bad_request():
         await request.app.state.jobs.remove(who, path_id(request))
     return JSONResponse({})
 
@@ -126,7 +117,7 @@ async def remove_job(request: Request) -> Response:
 async def job_output(request: Request) -> Response:
     who = await identity(request)
     stream = request.url.path.rsplit("/", 1)[1]
-    with unknown_job_is_a_bad_request():
+    with unknown_is_a_bad_request():
         pieces = await request.app.state.jobs.read_output(
             who, path_id(request), stream, node=integer(request, "node", 0, 0), offset=integer(request, "offset", 0, 0))
     return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")

@@ -1,7 +1,6 @@
 """/v1/workflows: the routes of the real PROMINENCE workflows API (reference sections 1.2 and 4),
 translated to WorkflowService calls; the workflows' REST shape (`workflow_view`) lives here."""
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from starlette.requests import Request
@@ -9,9 +8,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
-from gateway.rest.common import ascii_int, flag, id_list, identity, integer, path_id, read_body
+from gateway.rest.common import (ascii_int, id_list, identity, integer, listing_filters, path_id, read_body,
+                                 unknown_is_a_bad_request)
 from gateway.rest.jobs import encode_list
-from gateway.services.workflows import WorkflowNotFound, WorkflowQuery, WorkflowRecord, status_value
+from gateway.services.jobs import ListingQuery
+from gateway.services.workflows import WorkflowNotFound, WorkflowRecord, status_value
 from schema.jobspec import redact_storage, redact_tasks
 
 _SPEC_KEYS = ("name", "labels", "jobs", "dependencies", "factories", "policies", "notifications")
@@ -45,36 +46,9 @@ def workflow_view(record: WorkflowRecord, detail: bool) -> dict[str, Any]:
     return view
 
 
-@contextmanager
-def unknown_workflow_is_a_bad_request():
-    """The real server answers an unknown workflow with a 400 (the CLI reads a 404 as a bad URL)."""
-    try:
-        yield
-    except WorkflowNotFound as error:
-        raise BadRequest(error.message) from None
-
-
-def _query(request: Request) -> WorkflowQuery:
-    params = request.query_params
-    query = WorkflowQuery(completed=flag(request, "completed"), all=flag(request, "all"),
-                          detail=flag(request, "detail"), name=params.get("name"))
-    if query.completed:
-        query.num = integer(request, "num", default=1, minimum=-1)
-    if (status := params.get("status")) is not None:
-        query.status = status_value(status)
-    for constraint in params.getlist("constraint"):
-        key, sep, value = constraint.partition("=")
-        if not sep or not key or "=" in value:
-            raise BadRequest(f"Invalid constraint: {constraint} (expected key=value)")
-        query.constraints.append((key, value))
-    if (ids := params.get("id")) is not None:
-        query.ids = id_list(ids)
-    return query
-
-
 async def list_workflows(request: Request) -> Response:
     who = await identity(request)
-    query = _query(request)
+    query = listing_filters(request, ListingQuery(), status_value)
     records = await request.app.state.workflows.list(who, query)
     return Response(encode_list(workflow_view(r, query.detail) for r in records), media_type="application/json")
 
@@ -100,28 +74,28 @@ async def delete_workflows(request: Request) -> Response:
         ids = id_list(raw)
     else:
         raise BadRequest("a workflow id or list of workflow ids must be provided")
-    with unknown_workflow_is_a_bad_request():
+    with unknown_is_a_bad_request(WorkflowNotFound):
         await request.app.state.workflows.delete(who, ids)
     return JSONResponse({})
 
 
 async def rerun_workflow(request: Request) -> Response:
     who = await identity(request)
-    with unknown_workflow_is_a_bad_request():
+    with unknown_is_a_bad_request(WorkflowNotFound):
         new_id = await request.app.state.workflows.rerun(who, path_id(request, "workflow_id"))
     return JSONResponse({"id": new_id})  # 200, not 201: as the real server and the CLI expect
 
 
 async def clone_workflow(request: Request) -> Response:
     who = await identity(request)
-    with unknown_workflow_is_a_bad_request():
+    with unknown_is_a_bad_request(WorkflowNotFound):
         new_id = await request.app.state.workflows.clone(who, path_id(request, "workflow_id"))
     return JSONResponse({"id": new_id}, status_code=201)
 
 
 async def remove_workflow(request: Request) -> Response:
     who = await identity(request)
-    with unknown_workflow_is_a_bad_request():
+    with unknown_is_a_bad_request(WorkflowNotFound):
         await request.app.state.workflows.remove(who, path_id(request, "workflow_id"))
     return JSONResponse({})
 
@@ -143,7 +117,7 @@ async def workflow_job_output(request: Request) -> Response:
     instance = request.path_params.get("instance")
     if instance is not None and not 0 <= instance < 2**31:
         raise BadRequest(f"{instance} is not a valid instance")
-    with unknown_workflow_is_a_bad_request():
+    with unknown_is_a_bad_request(WorkflowNotFound):
         pieces = await request.app.state.workflows.read_output(
             who, path_id(request, "workflow_id"), job, instance, stream, node, integer(request, "offset", 0, 0))
     return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")

@@ -37,17 +37,50 @@ OUTPUT_CHUNK = 1 << 16  # stdout/stderr are sent from disk in pieces of this siz
 
 
 @dataclass
-class JobQuery:
-    """The filters of `GET /v1/jobs` (reference section 2.3)."""
+class ListingQuery:
+    """The filters of `GET /v1/jobs` and `GET /v1/workflows` (reference section 2.3)."""
 
     completed: bool = False
-    num: int = 1  # how many finished jobs `completed` returns; -1 for all
+    num: int = 1  # how many finished ones `completed` returns; -1 for all
     all: bool = False
-    status: JobStatus | None = None
+    status: str | None = None
     constraints: list[tuple[str, str]] = field(default_factory=list)
     name: str | None = None
     detail: bool = False
     ids: list[int] | None = None
+
+    def check(self) -> None:
+        """Its text is compared in SQL, where PostgreSQL refuses NUL characters."""
+        _comparable("name", [self.name])
+        _comparable("constraint", [f"{key}={value}" for key, value in self.constraints])
+
+    def conditions(self, table: Any, owner: str, ids_column: Any = None) -> list[Any]:
+        """What selects the owner's rows of `table` (jobs or workflows): those listed by id (in
+        `ids_column`, default the id), else the active ones or those kept in the queue, or with
+        `completed` the `num` most recently finished; then by status, name and labels."""
+        conditions = [table.c.owner == owner]
+        if self.ids is not None:
+            conditions.append((ids_column if ids_column is not None else table.c.id).in_(self.ids))
+        elif self.completed and not self.all:
+            conditions.append(table.c.end_time.is_not(None))
+        elif not self.all:
+            conditions.append(table.c.in_queue.is_(True))
+        if self.status is not None:
+            conditions.append(table.c.status == self.status)
+        if self.name is not None:
+            conditions.append(table.c.name == self.name)
+        conditions += [table.c.spec["labels"][key].as_string() == value for key, value in self.constraints]
+        if self.ids is None and self.completed and not self.all:
+            recent = select(table.c.id).where(*conditions).order_by(table.c.end_time.desc(), table.c.id.desc())
+            if self.num >= 0:
+                recent = recent.limit(self.num)
+            conditions = [table.c.id.in_(recent.scalar_subquery())]  # the `num` most recently finished
+        return conditions
+
+
+@dataclass
+class JobQuery(ListingQuery):
+    workflow: bool = False  # `ids` are workflows' ids: their jobs
     workflow: bool = False
 
 
@@ -145,28 +178,11 @@ class JobService:
         """`render(jobs)` of the caller's jobs that `query` selects, in id order, run in a worker
         thread (never on the event loop) while the rows are read: a big listing never holds all
         its rows at once. Each job is a row of the listing columns (`execution` with detail)."""
-        _comparable("name", [query.name])
-        _comparable("constraint", [f"{key}={value}" for key, value in query.constraints])
+        query.check()
         return await to_thread.run_sync(lambda: render(self._list(identity, query)), limiter=self._listings)
 
     def _list(self, identity: Identity, query: JobQuery) -> Iterator[Any]:
-        conditions = [jobs.c.owner == identity.username]
-        if query.ids is not None:
-            conditions.append((jobs.c.workflow_id if query.workflow else jobs.c.id).in_(query.ids))
-        elif query.completed and not query.all:
-            conditions.append(jobs.c.end_time.is_not(None))
-        elif not query.all:
-            conditions.append(jobs.c.in_queue.is_(True))
-        if query.status is not None:
-            conditions.append(jobs.c.status == query.status)
-        if query.name is not None:
-            conditions.append(jobs.c.name == query.name)
-        conditions += [jobs.c.spec["labels"][key].as_string() == value for key, value in query.constraints]
-        if query.ids is None and query.completed and not query.all:
-            recent = select(jobs.c.id).where(*conditions).order_by(jobs.c.end_time.desc(), jobs.c.id.desc())
-            if query.num >= 0:
-                recent = recent.limit(query.num)
-            conditions = [jobs.c.id.in_(recent.scalar_subquery())]  # the `num` most recently finished
+        conditions = query.conditions(jobs, identity.username, jobs.c.workflow_id if query.workflow else None)
         columns = _LIST_COLUMNS + (_DETAIL_COLUMNS if query.detail else [])
         # The jobs are found first (a MATERIALIZED CTE), then sorted: with a plain ORDER BY id,
         # PostgreSQL misjudges how few rows the filters keep (owner and in_queue are correlated)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from anyio import to_thread
@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select, update
 
 from gateway.services.batcher import JobInserter
 from gateway.services.data import check_job_objects, workflow_object_names
-from gateway.services.jobs import JobService
+from gateway.services.jobs import JobService, ListingQuery
 from gateway.services.notify import workflow_submission_columns
 from schema import workflowrun
 from schema.db import reading
@@ -31,20 +31,6 @@ STATUSES = ("idle", "running", "completed", "failed", "deleted")
 
 class WorkflowNotFound(NotFound):
     """A workflow named by the caller does not exist (REST answers 400, as the real server)."""
-
-
-@dataclass
-class WorkflowQuery:
-    """The filters of `GET /v1/workflows` (reference 2.3, without `workflow`)."""
-
-    completed: bool = False
-    num: int = 1
-    all: bool = False
-    status: str | None = None
-    constraints: list[tuple[str, str]] = field(default_factory=list)
-    name: str | None = None
-    detail: bool = False
-    ids: list[int] | None = None
 
 
 @dataclass
@@ -83,32 +69,14 @@ class WorkflowService:
         self._changed.notify()
         return workflow_id
 
-    async def list(self, identity: Identity, query: WorkflowQuery) -> list[WorkflowRecord]:
-        for text in [query.name or "", *(f"{k}={v}" for k, v in query.constraints)]:
-            if "\x00" in text:
-                raise InvalidInput("name and constraint must not contain NUL characters")
+    async def list(self, identity: Identity, query: ListingQuery) -> list[WorkflowRecord]:
+        query.check()
         return await to_thread.run_sync(self._list, identity, query)
 
-    def _list(self, identity: Identity, query: WorkflowQuery) -> list[WorkflowRecord]:
-        conditions = [workflows.c.owner == identity.username]
-        if query.ids is not None:
-            conditions.append(workflows.c.id.in_(query.ids))
-        elif query.completed and not query.all:
-            conditions.append(workflows.c.end_time.is_not(None))
-        elif not query.all:
-            conditions.append(workflows.c.in_queue.is_(True))
-        if query.status is not None:
-            conditions.append(workflows.c.status == query.status)
-        if query.name is not None:
-            conditions.append(workflows.c.name == query.name)
-        conditions += [workflows.c.spec["labels"][key].as_string() == value for key, value in query.constraints]
-        statement = select(workflows).where(*conditions)
-        if query.ids is None and query.completed and not query.all:
-            statement = statement.order_by(workflows.c.end_time.desc(), workflows.c.id.desc())
-            if query.num >= 0:
-                statement = statement.limit(query.num)
+    def _list(self, identity: Identity, query: ListingQuery) -> list[WorkflowRecord]:
+        statement = select(workflows).where(*query.conditions(workflows, identity.username)).order_by(workflows.c.id)
         with reading(self._engine) as connection:
-            rows = sorted(connection.execute(statement).all(), key=lambda r: r.id)
+            rows = connection.execute(statement).all()
             live = workflowrun.live_counts(connection, [r.id for r in rows if r.status in workflowrun.ACTIVE])
         return [WorkflowRecord(row, live.get(row.id, {})) for row in rows]
 
@@ -136,7 +104,7 @@ class WorkflowService:
         return await to_thread.run_sync(run)
 
     async def get(self, identity: Identity, workflow_id: int) -> WorkflowRecord | None:
-        found = await self.list(identity, WorkflowQuery(ids=[workflow_id], detail=True))
+        found = await self.list(identity, ListingQuery(ids=[workflow_id], detail=True))
         return found[0] if found else None
 
     def _owned(self, connection, identity: Identity, workflow_id: int, missing: str = "Workflow does not exist") -> Any:
