@@ -218,7 +218,11 @@ class ConfigureBatches:
                     self._lock.wait()
                 return request.result
         deadline = time.monotonic() + self._window
+        waited = False
         while self._creating(cloud) > 0 and time.monotonic() < deadline:
+            waited = True
+            time.sleep(0.1)
+        if waited:  # the last one created may be between its creation and this call: let it join
             time.sleep(0.1)
         with self._lock:
             batch = self._waiting.pop(cloud)
