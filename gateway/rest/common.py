@@ -3,7 +3,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -71,6 +71,16 @@ def listing_filters(request: Request, query: Query, status: Callable[[str], str]
     if (ids := params.get("id")) is not None:
         query.ids = id_list(ids)
     return query
+
+
+def events(row: Any) -> dict[str, int]:
+    """A job's or workflow's `events` as /v1 shows them: the times it has."""
+    shown = {"createTime": row.create_time}
+    if row.start_time is not None:
+        shown["startTime"] = row.start_time
+    if row.end_time is not None:
+        shown["endTime"] = row.end_time
+    return shown
 
 
 def flag(request: Request, name: str) -> bool:

@@ -20,7 +20,8 @@ async def list_own(request: Request) -> Response:
 
 async def list_path(request: Request) -> Response:
     who = await identity(request)
-    return JSONResponse([item.view() for item in await request.app.state.data.list_path(who, request.path_params["path"])])
+    listed = await request.app.state.data.list_path(who, request.path_params["path"])
+    return JSONResponse([item.view() for item in listed])
 
 
 async def upload(request: Request) -> Response:

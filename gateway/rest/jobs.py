@@ -9,8 +9,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
-from gateway.rest.common import (flag, id_list, identity, integer, listing_filters, path_id, read_body,
-                                 unknown_is_a_bad_request)
+from gateway.rest.common import (events, flag, id_list, identity, integer, listing_filters,
+                                 path_id, read_body, unknown_is_a_bad_request)
 from gateway.services.jobs import JobQuery, job_outputs, parse_spec
 from gateway.storage import ObjectStore
 from schema.enums import JobStatus
@@ -29,13 +29,8 @@ def encode_list(items: Iterable[Any]) -> bytes:
 def job_view(row: Any, detail: bool, store: ObjectStore) -> dict[str, Any]:
     """A job as `/v1` shows it: the list view, or with `detail` everything the reference lists."""
     spec = row.spec
-    events = {"createTime": row.create_time}
-    if row.start_time is not None:
-        events["startTime"] = row.start_time
-    if row.end_time is not None:
-        events["endTime"] = row.end_time
     view: dict[str, Any] = {"id": row.id, "name": row.name, "status": row.status,
-                            "tasks": redact_tasks(spec["tasks"]), "events": events}
+                            "tasks": redact_tasks(spec["tasks"]), "events": events(row)}
     if row.status_reason:
         view["statusReason"] = row.status_reason
     if row.parameters:  # a workflow factory's instance (reference 2.1)

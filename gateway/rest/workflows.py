@@ -8,8 +8,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
-from gateway.rest.common import (ascii_int, id_list, identity, integer, listing_filters, path_id, read_body,
-                                 unknown_is_a_bad_request)
+from gateway.rest.common import (ascii_int, events, id_list, identity, integer, listing_filters,
+                                 path_id, read_body, unknown_is_a_bad_request)
 from gateway.rest.jobs import encode_list
 from gateway.services.jobs import ListingQuery
 from gateway.services.workflows import WorkflowNotFound, WorkflowRecord, status_value
@@ -28,15 +28,10 @@ def _redacted_job(job: dict[str, Any]) -> dict[str, Any]:
 def workflow_view(record: WorkflowRecord, detail: bool) -> dict[str, Any]:
     """A workflow as `/v1` shows it (reference 4.3); with detail, its whole description too."""
     row = record.row
-    events = {"createTime": row.create_time}
-    if row.start_time is not None:
-        events["startTime"] = row.start_time
-    if row.end_time is not None:
-        events["endTime"] = row.end_time
     view: dict[str, Any] = {"name": row.name, "id": row.id, "status": row.status}
     if row.status_reason:
         view["statusReason"] = row.status_reason
-    view["events"] = events
+    view["events"] = events(row)
     view["progress"] = record.progress
     if detail:
         spec = row.spec
