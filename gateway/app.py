@@ -153,7 +153,8 @@ def create_app(settings: Settings) -> Starlette:
             engine.dispose()
 
     v1 = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"]),
-          *rest_jobs.routes, *rest_workflows.routes, *rest_resources.routes, *rest_storage.routes, *rest_data.routes, *rest_kv.routes]
+          *rest_jobs.routes, *rest_workflows.routes, *rest_resources.routes, *rest_storage.routes,
+          *rest_data.routes, *rest_kv.routes]
     # Subscriptions' websockets from other origins: only the origins CORS allows (strawberry refuses
     # a cross-origin handshake otherwise).
     # Subscriptions speak graphql-transport-ws only: the older graphql-ws protocol is neither

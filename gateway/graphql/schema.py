@@ -44,7 +44,8 @@ class ViewerQueries:
         return Viewer(name=who.username, groups=list(who.groups), admin=who.admin, identity=who)
 
 
-Query = merge_types("Query", (ViewerQueries, JobQueries, AdminQueries, KvQueries, UsageQueries, NotificationQueries, DataQueries, WorkflowQueries))
+Query = merge_types("Query", (ViewerQueries, JobQueries, AdminQueries, KvQueries, UsageQueries, NotificationQueries,
+                             DataQueries, WorkflowQueries))
 Mutation = merge_types("Mutation", (JobMutations, AdminMutations, KvMutations, DataMutations, WorkflowMutations))
 
 

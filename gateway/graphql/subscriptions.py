@@ -20,7 +20,7 @@ from gateway.graphql.context import authorization, services
 from gateway.graphql.jobs import Job, JobsFilter, job_id
 from gateway.graphql.nodes import Node
 from gateway.graphql.workflows import Workflow, workflow_id
-from gateway.services.watch import POLL_INTERVAL, Feed, selects
+from gateway.services.watch import POLL_INTERVAL, Feed
 from gateway.services.workflows import FINISHED, WorkflowNotFound, WorkflowRecord
 from schema.enums import TERMINAL
 from schema.errors import Forbidden, Unauthenticated
@@ -148,7 +148,7 @@ class Subscription:
         with session.jobs() as feed:
             while True:
                 for row in await session.take(feed):
-                    if selects(selected, row) and sent.is_new(row):
+                    if selected.matches(row) and sent.is_new(row):
                         yield _event(info, Job.of(row))
                     if row.status in TERMINAL:
                         sent.forget(row.id)  # what is kept stays bounded by the unfinished jobs

@@ -30,6 +30,11 @@ async def identity(request: Request) -> Identity:
     return await request.app.state.auth.user(request.headers.get("authorization"))
 
 
+def body_timeout(request: Request, size: int) -> float:
+    """How long a body of up to `size` bytes may take: the client timeout for each MiB."""
+    return request.app.state.client_timeout * max(1.0, size / (1 << 20))
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The whole body, at most `limit` bytes, received within the server's client timeout for each
     MiB it may have (so a client that trickles its body cannot hold a request open for long)."""
@@ -37,7 +42,7 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     length = ascii_int(request.headers.get("content-length", ""))
     if length is not None and length > limit:
         raise too_large
-    timeout = request.app.state.client_timeout * max(1.0, limit / MAX_BODY_BYTES)
+    timeout = body_timeout(request, limit)
     body = bytearray()
     try:
         async with asyncio.timeout(timeout):  # uvicorn runs asyncio; anyio's fail_after costs twice as much

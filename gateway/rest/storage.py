@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import ApiError, BadRequest, Forbidden, RequestTimeout
-from gateway.rest.common import ascii_int
+from gateway.rest.common import ascii_int, body_timeout
 from gateway.storage import StorageError
 
 
@@ -37,8 +37,7 @@ async def upload(request: Request) -> Response:
     length = ascii_int(request.headers.get("content-length", ""))
     if length is not None and length > data.max_object_bytes:
         raise BadRequest(f"The object is larger than the limit of {data.max_object_bytes} bytes")
-    # As for every body: the client timeout for each MiB it has (or may have).
-    timeout = request.app.state.client_timeout * max(1.0, (length or data.max_object_bytes) / (1 << 20))
+    timeout = body_timeout(request, length or data.max_object_bytes)
     try:
         async with asyncio.timeout(timeout):
             stored = await data.receive(key, fields, request.stream())

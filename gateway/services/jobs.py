@@ -125,6 +125,28 @@ class JobFilter:
     created_after: int | None = None
     created_before: int | None = None
 
+    def conditions(self, owner: str) -> list[Any]:
+        """The filter in SQL (JobService.page)."""
+        conditions = [jobs.c.owner == owner]
+        if self.statuses:
+            conditions.append(jobs.c.status.in_(self.statuses))
+        if self.name is not None:
+            conditions.append(jobs.c.name == self.name)
+        if self.created_after is not None:
+            conditions.append(jobs.c.create_time > self.created_after)
+        if self.created_before is not None:
+            conditions.append(jobs.c.create_time < self.created_before)
+        return conditions + [jobs.c.spec["labels"][key].as_string() == value for key, value in self.labels]
+
+    def matches(self, row: Any) -> bool:
+        """The same filter for one job already read (a row of JobService.get(): subscriptions)."""
+        labels = row.spec.get("labels") or {}
+        return ((not self.statuses or row.status in self.statuses)
+                and (self.name is None or row.name == self.name)
+                and all(labels.get(key) == value for key, value in self.labels)
+                and (self.created_after is None or row.create_time > self.created_after)
+                and (self.created_before is None or row.create_time < self.created_before))
+
 
 @dataclass
 class JobPage:
@@ -211,16 +233,7 @@ class JobService:
         _comparable("filter.name", [selected.name])
         _comparable("filter.labels", [text for pair in selected.labels for text in pair])
         size = last if last is not None else (first if first is not None else MAX_PAGE)
-        conditions = [jobs.c.owner == identity.username]
-        if selected.statuses:
-            conditions.append(jobs.c.status.in_(selected.statuses))
-        if selected.name is not None:
-            conditions.append(jobs.c.name == selected.name)
-        if selected.created_after is not None:
-            conditions.append(jobs.c.create_time > selected.created_after)
-        if selected.created_before is not None:
-            conditions.append(jobs.c.create_time < selected.created_before)
-        conditions += [jobs.c.spec["labels"][key].as_string() == value for key, value in selected.labels]
+        conditions = selected.conditions(identity.username)
         window = list(conditions)
         if after is not None:
             window.append(jobs.c.id > after)

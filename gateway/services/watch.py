@@ -27,7 +27,7 @@ from anyio import to_thread
 from sqlalchemy import Engine, and_, func, or_, select
 
 from gateway.services.clouds import CloudService
-from gateway.services.jobs import OUTPUT_CHUNK, JobFilter, JobQuery, JobService, output_path
+from gateway.services.jobs import OUTPUT_CHUNK, JobQuery, JobService, output_path
 from gateway.services.workflows import WorkflowRecord
 from schema import workflowrun
 from schema.db import reading
@@ -105,16 +105,6 @@ def _workflow_state(row: Any) -> tuple:
     done = sum(s.get("ok", 0) for s in row.state.values())
     failed = sum(s.get("failed", 0) for s in row.state.values())
     return row.status, row.status_reason, row.start_time, row.end_time, done, failed, row.queued
-
-
-def selects(selected: JobFilter, row: Any) -> bool:
-    """Whether a job (a row of JobService.get()) is one `selected` selects, as JobService.page does in SQL."""
-    labels = row.spec.get("labels") or {}
-    return ((not selected.statuses or row.status in selected.statuses)
-            and (selected.name is None or row.name == selected.name)
-            and all(labels.get(key) == value for key, value in selected.labels)
-            and (selected.created_after is None or row.create_time > selected.created_after)
-            and (selected.created_before is None or row.create_time < selected.created_before))
 
 
 class OutputTail:
